@@ -1,0 +1,3 @@
+from omniforcing.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""The ``omniforcing`` command line.
+
+``fit|validate|test|predict`` go to LightningCLI (:class:`omniforcing.training.cli.OmniCLI`); every other
+subcommand is a typed function turned into a subcommand by jsonargparse, so its signature and docstring are
+its ``--help``. The command contract lives in DESIGN.md and docs use exactly these names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+# subcommand path -> "module:function"; functions take keyword-only arguments (named flags) and
+# positional ones where the contract has a positional (e.g. ``data pack SRC``).
+COMMANDS: dict[str, str] = {
+    "data synth": "omniforcing.commands.data:synth",
+    "data pack": "omniforcing.commands.data:pack",
+    "data inspect": "omniforcing.commands.data:inspect",
+}
+
+
+def _load(target: str) -> Callable:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _command_tree() -> dict:
+    tree: dict = {}
+    for path, target in COMMANDS.items():
+        node = tree
+        *parents, leaf = path.split()
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _load(target)
+    return tree
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Run the ``omniforcing`` command line (``args`` defaults to ``sys.argv[1:]``)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        from omniforcing.training.cli import run_lightning_cli
+
+        run_lightning_cli(argv)
+        return
+    from jsonargparse import CLI
+
+    CLI(_command_tree(), args=argv, as_positional=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The codec interface: raw clips <-> latents with fixed physical token rates.
+
+Every codec (the exact patch codec, the learned causal autoencoder, a user's own VAE) implements
+:class:`VideoCodec` or :class:`AudioCodec`; :class:`AVCodec` pairs one of each. Methods only ever see
+normalised latents, so swapping the codec is a recipe change.
+
+Geometry (DESIGN.md, "Tokens and time"): at 24 fps with a causal temporal stride of 8, a clip of
+``1 + 24 n`` frames has ``1 + 3 n`` video latents (latent 0 = frame 0 alone); audio has ``1 + 25 n`` latents
+of 40 ms. Latent ``i`` never depends on frames or samples after its own span (causality).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from torch import Tensor, nn
+
+from omniforcing.types import AUDIO_LATENT_RATE
+
+
+class VideoCodec(nn.Module, ABC):
+    """Causal video codec: ``(B, T, 3, H, W)`` in ``[-1, 1]`` <-> ``(B, Tv, C, h, w)`` latents.
+
+    Subclasses set ``fps``, ``temporal_stride``, ``latent_channels`` and ``latent_size`` (h, w).
+    """
+
+    fps: int = 24
+    temporal_stride: int = 8
+    latent_channels: int
+    latent_size: tuple[int, int]
+
+    @property
+    def latent_rate(self) -> int:
+        """Video latents per second after the first (3 at 24 fps, stride 8)."""
+        return self.fps // self.temporal_stride
+
+    def num_latents(self, num_frames: int) -> int:
+        """Latents for ``num_frames`` frames: ``1 + (T - 1) / stride``; ``T - 1`` must divide by the stride."""
+        if num_frames < 1 or (num_frames - 1) % self.temporal_stride:
+            raise ValueError(
+                f"a causal video codec needs 1 + {self.temporal_stride}k frames, got {num_frames}"
+            )
+        return 1 + (num_frames - 1) // self.temporal_stride
+
+    def num_frames(self, num_latents: int) -> int:
+        """Frames decoded from ``num_latents`` latents."""
+        return 1 + (num_latents - 1) * self.temporal_stride
+
+    @abstractmethod
+    def encode(self, video: Tensor) -> Tensor:
+        """Encode ``(B, T, 3, H, W)`` in ``[-1, 1]`` to normalised latents ``(B, Tv, C, h, w)``."""
+
+    @abstractmethod
+    def decode(self, latents: Tensor) -> Tensor:
+        """Decode normalised latents ``(B, Tv, C, h, w)`` to ``(B, T, 3, H, W)`` in ``[-1, 1]``."""
+
+
+class AudioCodec(nn.Module, ABC):
+    """Audio codec: ``(B, 1, S)`` mono in ``[-1, 1]`` <-> ``(B, Ta, C)`` latents at 25 per second."""
+
+    sample_rate: int = 16000
+    latent_channels: int
+
+    @property
+    def latent_rate(self) -> int:
+        """Audio latents per second (25: 40 ms each)."""
+        return AUDIO_LATENT_RATE
+
+    @property
+    def samples_per_latent(self) -> int:
+        """Waveform samples covered by one latent (640 at 16 kHz)."""
+        return self.sample_rate // AUDIO_LATENT_RATE
+
+    def num_latents(self, num_samples: int) -> int:
+        """Latents for ``num_samples`` samples; the count must be a whole number of latents."""
+        if num_samples < 1 or num_samples % self.samples_per_latent:
+            raise ValueError(f"audio length must be a multiple of {self.samples_per_latent}, got {num_samples}")
+        return num_samples // self.samples_per_latent
+
+    @abstractmethod
+    def encode(self, audio: Tensor) -> Tensor:
+        """Encode ``(B, 1, S)`` to normalised latents ``(B, Ta, C)``."""
+
+    @abstractmethod
+    def decode(self, latents: Tensor) -> Tensor:
+        """Decode ``(B, Ta, C)`` to a waveform ``(B, 1, Ta * samples_per_latent)``."""
+
+
+class AVCodec(nn.Module):
+    """A video codec and an audio codec used together.
+
+    Args:
+        video: the video codec.
+        audio: the audio codec.
+    """
+
+    def __init__(self, video: VideoCodec, audio: AudioCodec) -> None:
+        super().__init__()
+        self.video = video
+        self.audio = audio

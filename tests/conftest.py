@@ -1,0 +1,26 @@
+"""Shared fixtures: deterministic seeds, float32 default, paths to the shared real media."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_MEDIA = Path(os.environ.get("OMNIFORCING_SHARED_MEDIA", Path(__file__).resolve().parents[2] / "shared" / "media"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.float32)
+    yield
+
+
+@pytest.fixture
+def shared_media() -> Path:
+    """The folder of real clips beside the project (``../shared/media``); skips when absent."""
+    if not SHARED_MEDIA.is_dir():
+        pytest.skip(f"real media folder {SHARED_MEDIA} is absent (set OMNIFORCING_SHARED_MEDIA)")
+    return SHARED_MEDIA
