@@ -15,6 +15,7 @@ prefix of the block-causal layout (DESIGN.md, "Tokens and time").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -104,3 +105,41 @@ class AVBatch:
 
     def __len__(self) -> int:
         return len(self.captions)
+
+
+@dataclass
+class AVLatents:
+    """A pair of per-modality tensors that travel together (either may be ``None`` for uni-modal runs).
+
+    Used for latents, velocities, noise and per-token times alike: ``video`` is ``(B, Tv, ...)`` and ``audio``
+    is ``(B, Ta, ...)``, the second axis being latent time in both.
+    """
+
+    video: Tensor | None = None
+    audio: Tensor | None = None
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> AVLatents:
+        """Apply ``fn`` to each present tensor."""
+        return AVLatents(*(None if x is None else fn(x) for x in (self.video, self.audio)))
+
+    def zip_map(self, other: AVLatents, fn: Callable[[Tensor, Tensor], Tensor]) -> AVLatents:
+        """Apply ``fn(self_m, other_m)`` per present modality; both pairs must have the same modalities."""
+        out = []
+        for name, a, b in (("video", self.video, other.video), ("audio", self.audio, other.audio)):
+            if (a is None) != (b is None):
+                raise ValueError(f"modality '{name}' is present in one operand only")
+            out.append(None if a is None else fn(a, b))
+        return AVLatents(*out)
+
+    def items(self) -> list[tuple[str, Tensor]]:
+        """``[(name, tensor)]`` for the present modalities, video first."""
+        return [(n, x) for n, x in (("video", self.video), ("audio", self.audio)) if x is not None]
+
+    @property
+    def batch_size(self) -> int:
+        """Leading dimension of the present tensors."""
+        return self.items()[0][1].shape[0]
+
+    def detach(self) -> AVLatents:
+        """Detached copy (no gradient history)."""
+        return self.map(Tensor.detach)
