@@ -1,0 +1,33 @@
+"""LightningCLI for ``omniforcing fit|validate|test|predict`` with composable YAML recipes.
+
+Subclass mode for model and data: a recipe picks any method module and datamodule by ``class_path``. The clip
+geometry is linked from the datamodule to the module, so it is stated once (``data.init_args.clip``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from omniforcing.training.base import AVLitModule
+
+
+class OmniCLI(LightningCLI):
+    """LightningCLI with the project's links; configs are saved beside every run (``config.yaml``)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.init_args.clip", "model.init_args.clip")
+
+
+def run_lightning_cli(args: Sequence[str]) -> OmniCLI:
+    """Run a LightningCLI subcommand (``args[0]`` in fit/validate/test/predict)."""
+    return OmniCLI(
+        AVLitModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(args),
+        save_config_kwargs={"overwrite": True},
+    )
