@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from omniforcing.training.checkpoints import EMA_STATE_KEY
+from omniforcing.inference.checkpoints import EMA_STATE_KEY
 
 
 class EMA(L.Callback):

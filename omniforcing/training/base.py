@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from omniforcing.codecs.base import AVCodec
 from omniforcing.methods.flow_matching import Modality, select_modality
-from omniforcing.training.checkpoints import load_network_weights
+from omniforcing.inference.checkpoints import load_network_weights
 from omniforcing.types import AVBatch, AVLatents, ClipSpec
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class AVLitModule(L.LightningModule):
         self.on_nonfinite = on_nonfinite
         self.seed = seed
         self.skipped_nonfinite_steps = 0
+        self.tokens_in_last_batch = 0
         if init_from:
             load_network_weights(self.network, init_from)
 
@@ -97,7 +98,9 @@ class AVLitModule(L.LightningModule):
             if batch.audio is None:
                 raise ValueError("batch has neither audio latents nor raw audio")
             audio = self.codec.audio.encode(batch.audio)
-        return select_modality(AVLatents(video, audio), self.modality)
+        latents = select_modality(AVLatents(video, audio), self.modality)
+        self.tokens_in_last_batch = sum(m[0].numel() // m.shape[2] for _, m in latents.items()) * len(batch)
+        return latents
 
     # ---------------------------------------------------------------- randomness
     def step_generator(self, shared_across_ranks: bool = False, salt: int = 0) -> torch.Generator:

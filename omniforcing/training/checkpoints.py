@@ -1,27 +1,19 @@
-"""Checkpoint safety: atomic writes and weights-only loading of network weights.
+"""Atomic checkpoint writing for Lightning runs.
 
-* :class:`AtomicCheckpointIO` writes ``<path>.tmp`` in the same directory, fsyncs it and renames it over the
-  target, so a run killed mid-save never leaves a truncated ``last.ckpt`` (Lightning's default goes through an
-  fsspec transaction whose temporary file lives in ``/tmp``, which is not atomic across filesystems).
-* :func:`load_network_weights` never unpickles arbitrary objects: ``.safetensors`` or
-  ``torch.load(weights_only=True)``.
+:class:`AtomicCheckpointIO` writes ``<path>.tmp`` in the same directory, fsyncs it and renames it over the
+target, so a run killed mid-save never leaves a truncated ``last.ckpt`` (Lightning's default goes through an
+fsspec transaction whose temporary file lives in ``/tmp``, which is not atomic across filesystems). Loading is
+weights-only. Reading network weights lives in :mod:`omniforcing.inference.checkpoints`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from safetensors.torch import load_file
-from torch import Tensor, nn
-
-log = logging.getLogger(__name__)
-
-EMA_STATE_KEY = "ema_state"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -39,50 +31,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
-
-
-def read_network_state(path: str | Path, prefer_ema: bool = True) -> dict[str, Tensor]:
-    """Network weights from a Lightning checkpoint (``network.*`` keys, EMA weights when present) or safetensors.
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: the file holds no network weights.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if prefer_ema:
-        for state in checkpoint.get("callbacks", {}).values():
-            if isinstance(state, dict) and state.get(EMA_STATE_KEY):
-                log.info("using the EMA weights stored in %s", path)
-                return dict(state[EMA_STATE_KEY])
-    weights = {k[len("network."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("network.")}
-    if not weights:
-        raise ValueError(f"{path} holds no 'network.*' weights (is it a checkpoint of this project?)")
-    return weights
-
-
-def load_network_weights(network: nn.Module, path: str | Path, prefer_ema: bool = True) -> None:
-    """Load ``network`` from ``path``; parameters absent from the file keep their initialisation (logged).
-
-    Raises:
-        ValueError: a tensor's shape differs, or nothing at all matched.
-    """
-    state = read_network_state(path, prefer_ema)
-    own = network.state_dict()
-    shape_errors = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                    for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if shape_errors:
-        raise ValueError(f"shape mismatch loading {path}: " + "; ".join(shape_errors[:5]))
-    result = network.load_state_dict(state, strict=False)
-    if len(result.missing_keys) == len(own):
-        raise ValueError(f"no parameter of the network matched {path}")
-    if result.missing_keys:
-        log.warning("initialised from %s; %d tensors not in the file keep their init: %s", path,
-                    len(result.missing_keys), ", ".join(result.missing_keys[:8]))
-    if result.unexpected_keys:
-        log.warning("ignored %d tensors of %s the network does not have: %s", len(result.unexpected_keys), path,
-                    ", ".join(result.unexpected_keys[:8]))
