@@ -38,6 +38,17 @@ def _command_tree() -> dict:
     return tree
 
 
+def _underscore_flags(argv: list[str]) -> list[str]:
+    """``--shard-size 2`` -> ``--shard_size 2``: the contract's dashed flags map onto Python parameter names."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + eq + value
+        out.append(arg)
+    return out
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Run the ``omniforcing`` command line (``args`` defaults to ``sys.argv[1:]``)."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -48,7 +59,7 @@ def main(args: Sequence[str] | None = None) -> None:
         return
     from jsonargparse import CLI
 
-    CLI(_command_tree(), args=argv, as_positional=True)
+    CLI(_command_tree(), args=_underscore_flags(argv), as_positional=True)
 
 
 if __name__ == "__main__":

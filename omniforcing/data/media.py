@@ -1,0 +1,451 @@
+"""Media I/O with PyAV: read any common container, convert rates and sizes, write H.264 + AAC mp4.
+
+torchvision 0.26 has no video I/O, so everything goes through PyAV (which bundles FFmpeg with libx264 and
+the native AAC encoder). Conventions used by every function here:
+
+* video: ``(T, H, W, 3)`` ``torch.uint8`` RGB, with per-frame presentation times in seconds;
+* audio: ``(C, S)`` ``torch.float32`` in ``[-1, 1]``, with its sample rate and the time of sample 0.
+
+Two FFmpeg details matter for audio-video sync and are handled here, not by callers:
+
+* the AAC encoder prepends 1024 "priming" samples; a plain mp4 carries an edit list that the demuxer uses
+  to drop them, and the decoder pads the last frame to 1024 samples, so the reader crops the decoded
+  audio to the stream's declared duration (exact for the files written by :func:`encode_mp4`);
+* the progressive writer (:class:`StreamingMp4Writer`) must use ``delay_moov`` instead of ``empty_moov``:
+  with an empty moov the muxer cannot write the edit list and every player hears the audio 64 ms late
+  (measured: 1024 samples at 16 kHz).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio.functional as AF
+from av.video.reformatter import VideoReformatter
+from torch import Tensor
+
+DEFAULT_CRF = 18
+"""x264 constant rate factor used by default."""
+
+PixelFormat = Literal["yuv444p", "yuv420p"]
+"""H.264 chroma layout. ``yuv444p`` (High 4:4:4 profile) keeps full-resolution colour: on the 32x32 synthetic
+clips it measured 33.7 dB minimum / 37 dB median PSNR at CRF 18, against 28.2 / 31 dB for ``yuv420p``, whose
+16x16 chroma smears the edges of small saturated objects (no CRF fixes that: CRF 10 gave 29.1 dB minimum).
+Shards use ``yuv444p``; ``yuv420p`` is for files meant for any player (browsers, phones)."""
+
+AUDIO_BIT_RATE = 128_000
+"""AAC bit rate; at 16 kHz mono this is transparent for the synthetic impact sounds."""
+
+MEDIA_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
+"""File name endings that :func:`read_av` is expected to open (anything FFmpeg reads works)."""
+
+
+class MediaError(Exception):
+    """A media file or byte string could not be read as video (and audio)."""
+
+
+class NoAudioStreamError(MediaError):
+    """The container has no audio stream although audio was requested; callers usually skip the file."""
+
+
+class NoVideoStreamError(MediaError):
+    """The container has no video stream."""
+
+
+@dataclass
+class MediaClip:
+    """Decoded media with its timing.
+
+    Args:
+        video: ``(T, H, W, 3)`` uint8 RGB frames.
+        frame_times: ``(T,)`` float64 presentation time of each frame in seconds.
+        fps: the container's average frame rate (used for the duration of the last frame).
+        audio: ``(C, S)`` float32 in ``[-1, 1]``, or ``None`` when audio was not requested.
+        sample_rate: audio sample rate in Hz (0 without audio).
+        audio_start: presentation time of audio sample 0 in seconds.
+    """
+
+    video: Tensor
+    frame_times: Tensor
+    fps: float
+    audio: Tensor | None = None
+    sample_rate: int = 0
+    audio_start: float = 0.0
+
+    @property
+    def video_start(self) -> float:
+        """Time of the first frame in seconds."""
+        return float(self.frame_times[0]) if len(self.frame_times) else 0.0
+
+    @property
+    def video_end(self) -> float:
+        """End of the last frame (its time plus one frame period) in seconds."""
+        return float(self.frame_times[-1]) + 1.0 / self.fps if len(self.frame_times) else 0.0
+
+    @property
+    def audio_end(self) -> float:
+        """End of the last audio sample in seconds."""
+        if self.audio is None:
+            return self.audio_start
+        return self.audio_start + self.audio.shape[-1] / self.sample_rate
+
+
+def _open(source: str | Path | bytes) -> av.container.InputContainer:
+    target = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    return av.open(target, mode="r")
+
+
+def _scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """Output (width, height) with the shorter side scaled to ``short_side`` (never upscaled)."""
+    if short_side is None or min(width, height) <= short_side:
+        return width, height
+    scale = short_side / min(width, height)
+    return max(short_side, round(width * scale)), max(short_side, round(height * scale))
+
+
+def _audio_frame_to_array(frame: av.AudioFrame) -> np.ndarray:
+    """``(C, n)`` float32 from a frame already converted to planar float (``fltp``)."""
+    return frame.to_ndarray().reshape(len(frame.layout.channels), -1).astype(np.float32, copy=False)
+
+
+def _stream_duration(stream: av.stream.Stream) -> float | None:
+    if stream.duration is None or stream.time_base is None:
+        return None
+    return float(stream.duration * stream.time_base)
+
+
+def read_av(source: str | Path | bytes, *, with_audio: bool = True, short_side: int | None = None) -> MediaClip:
+    """Decode a media file or in-memory container.
+
+    Args:
+        source: a path (mp4, mov, mkv, webm, avi, ... anything FFmpeg demuxes) or the file's bytes.
+        with_audio: decode the first audio stream; raise :class:`NoAudioStreamError` if there is none.
+        short_side: if set, frames are scaled while decoding (area filter) so that the shorter side is at
+            most this many pixels; bounds memory for large videos before :func:`resize_center_crop`.
+
+    Returns:
+        The decoded :class:`MediaClip` (audio channels and rate as stored).
+
+    Raises:
+        NoVideoStreamError: the container has no video stream.
+        NoAudioStreamError: ``with_audio`` and the container has no audio stream.
+        MediaError: the data is not a readable container, or no frame could be decoded.
+    """
+    try:
+        with _open(source) as container:
+            return _decode_container(container, with_audio, short_side)
+    except av.error.FFmpegError as error:
+        raise MediaError(f"cannot decode media: {error}") from error
+
+
+def _decode_container(container: av.container.InputContainer, with_audio: bool, short_side: int | None) -> MediaClip:
+    if not container.streams.video:
+        raise NoVideoStreamError("container has no video stream")
+    vstream = container.streams.video[0]
+    astream = container.streams.audio[0] if container.streams.audio else None
+    if with_audio and astream is None:
+        raise NoAudioStreamError("container has no audio stream")
+    streams = [vstream] + ([astream] if with_audio else [])
+    reformatter = VideoReformatter()  # one reformatter for all frames: ~5x faster than per-frame to_ndarray
+    resampler = av.AudioResampler(format="fltp") if with_audio else None
+    frames: list[np.ndarray] = []
+    times: list[float] = []
+    chunks: list[np.ndarray] = []
+    audio_start: float | None = None
+    size: tuple[int, int] | None = None
+    for packet in container.demux(*streams):
+        for frame in packet.decode():
+            if isinstance(frame, av.VideoFrame):
+                size = size or _scaled_size(frame.width, frame.height, short_side)
+                rgb = reformatter.reformat(frame, width=size[0], height=size[1], format="rgb24", interpolation="AREA")
+                frames.append(rgb.to_ndarray())
+                times.append(float(frame.time) if frame.time is not None else float("nan"))
+            elif resampler is not None:
+                if audio_start is None:
+                    audio_start = float(frame.time) if frame.time is not None else 0.0
+                chunks += [_audio_frame_to_array(f) for f in resampler.resample(frame)]
+    if not frames:
+        raise MediaError("no video frame could be decoded")
+    fps = float(vstream.average_rate or vstream.guessed_rate or 0.0) or _fps_from_times(times)
+    clip = MediaClip(torch.from_numpy(np.stack(frames)), _fill_times(times, fps), fps)
+    if with_audio:
+        clip.audio, clip.sample_rate, clip.audio_start = _finish_audio(chunks, astream, audio_start)
+    return clip
+
+
+def _finish_audio(chunks: list[np.ndarray], stream: av.stream.Stream, start: float | None) -> tuple[Tensor, int, float]:
+    if not chunks:
+        raise MediaError("the audio stream holds no decodable samples")
+    audio = np.concatenate(chunks, axis=1)
+    rate = int(stream.codec_context.sample_rate)
+    duration = _stream_duration(stream)
+    if duration is not None:
+        # The decoder pads the last AAC frame to 1024 samples; the stream duration is the true length.
+        audio = audio[:, : max(1, round(duration * rate))]
+    return torch.from_numpy(np.ascontiguousarray(audio)), rate, start or 0.0
+
+
+def _fps_from_times(times: list[float]) -> float:
+    diffs = np.diff([t for t in times if t == t])
+    return float(1.0 / np.median(diffs)) if len(diffs) and np.median(diffs) > 0 else 25.0
+
+
+def _fill_times(times: list[float], fps: float) -> Tensor:
+    """Frame times as float64; frames without a timestamp get index / fps."""
+    out = np.asarray(times, dtype=np.float64)
+    missing = np.isnan(out)
+    out[missing] = np.nonzero(missing)[0] / fps
+    return torch.from_numpy(out)
+
+
+def to_mono(audio: Tensor) -> Tensor:
+    """Average the channels: ``(C, S)`` -> ``(1, S)`` float32."""
+    return audio.float().mean(dim=0, keepdim=True)
+
+
+def resample_audio(audio: Tensor, orig_rate: int, new_rate: int) -> Tensor:
+    """Resample ``(C, S)`` audio with torchaudio's windowed-sinc resampler (identity when rates match)."""
+    if orig_rate == new_rate:
+        return audio
+    return AF.resample(audio.float(), int(orig_rate), int(new_rate))
+
+
+def frame_indices_at(frame_times: Tensor, times: Tensor) -> Tensor:
+    """Index of the frame whose timestamp is nearest to each requested time (ties go to the earlier frame).
+
+    Args:
+        frame_times: ``(T,)`` increasing frame times in seconds.
+        times: ``(N,)`` requested times in seconds.
+
+    Returns:
+        ``(N,)`` int64 indices into ``frame_times``.
+    """
+    frame_times = frame_times.double()
+    right = torch.searchsorted(frame_times, times.double()).clamp(1, len(frame_times) - 1)
+    left = right - 1
+    take_right = (frame_times[right] - times) < (times - frame_times[left])
+    index = torch.where(take_right, right, left)
+    return index.clamp(0, len(frame_times) - 1) if len(frame_times) > 1 else torch.zeros_like(index)
+
+
+def retime_video(video: Tensor, frame_times: Tensor, fps: float, start: float, num_frames: int) -> Tensor:
+    """Resample video to a constant frame rate by timestamps.
+
+    Output frame ``i`` is the source frame nearest to ``t_i = start + i / fps``; every ``t_i`` is computed
+    from its index (not by accumulating ``1 / fps``), so long files do not drift.
+
+    Args:
+        video: ``(T, H, W, 3)`` uint8.
+        frame_times: ``(T,)`` frame times in seconds.
+        fps: target frame rate.
+        start: time of output frame 0 in seconds.
+        num_frames: number of output frames.
+
+    Returns:
+        ``(num_frames, H, W, 3)`` uint8.
+    """
+    times = start + torch.arange(num_frames, dtype=torch.float64) / fps
+    return video[frame_indices_at(frame_times, times)]
+
+
+def resize_center_crop(video: Tensor, size: int) -> Tensor:
+    """Scale the shorter side to ``size`` (antialiased bilinear) and crop the centre square.
+
+    Args:
+        video: ``(T, H, W, 3)`` uint8.
+        size: output side in pixels.
+
+    Returns:
+        ``(T, size, size, 3)`` uint8.
+    """
+    _, height, width, _ = video.shape
+    scale = size / min(height, width)
+    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    if (new_h, new_w) != (height, width):
+        x = video.permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        video = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return video[:, top : top + size, left : left + size].contiguous()
+
+
+def _as_audio_array(audio: Tensor | np.ndarray) -> np.ndarray:
+    """``(S,)`` or ``(C, S)`` float audio -> C-contiguous ``(C, S)`` float32 (C = 1 or 2)."""
+    array = audio.detach().cpu().numpy() if isinstance(audio, Tensor) else np.asarray(audio)
+    array = np.ascontiguousarray(array.reshape(1, -1) if array.ndim == 1 else array, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] not in (1, 2):
+        raise ValueError(f"audio must be (S,) or (C, S) with C in (1, 2), got shape {tuple(array.shape)}")
+    return array
+
+
+def _as_video_array(video: Tensor | np.ndarray) -> np.ndarray:
+    array = video.detach().cpu().numpy() if isinstance(video, Tensor) else np.asarray(video)
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"video must be (T, H, W, 3) uint8, got {array.dtype} {tuple(array.shape)}")
+    if array.shape[1] % 2 or array.shape[2] % 2:
+        raise ValueError(f"H.264 needs even frame sizes, got {array.shape[1]}x{array.shape[2]}")
+    return array
+
+
+class _Mp4Muxer:
+    """H.264 + AAC streams in one output container, fed in chunks; shared by both writers."""
+
+    def __init__(self, container: av.container.OutputContainer, fps: int, height: int, width: int,
+                 sample_rate: int, channels: int, crf: int, pixel_format: PixelFormat, low_latency: bool) -> None:
+        self.container = container
+        self.video = container.add_stream("libx264", rate=Fraction(fps))
+        self.video.width, self.video.height, self.video.pix_fmt = width, height, pixel_format
+        # zerolatency: no B-frames or lookahead, so every frame leaves the encoder as soon as it is sent.
+        self.video.options = {"crf": str(crf), **({"tune": "zerolatency"} if low_latency else {})}
+        self.audio = None
+        if sample_rate:
+            self.audio = container.add_stream("aac", rate=sample_rate)
+            self.audio.layout = "mono" if channels == 1 else "stereo"
+            self.audio.bit_rate = AUDIO_BIT_RATE
+        self.reformatter = VideoReformatter()
+        self.frames = 0
+        self.samples = 0
+
+    def add_video(self, video: np.ndarray, keyframe_first: bool = False) -> None:
+        for index, image in enumerate(video):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame = self.reformatter.reformat(frame, format=self.video.pix_fmt)
+            frame.pts = self.frames
+            if keyframe_first and index == 0:
+                frame.pict_type = av.video.frame.PictureType.I
+            self.container.mux(self.video.encode(frame))
+            self.frames += 1
+
+    def add_audio(self, audio: np.ndarray) -> None:
+        if self.audio is None or audio.shape[-1] == 0:
+            return
+        frame = av.AudioFrame.from_ndarray(audio, format="fltp", layout=self.audio.layout.name)
+        frame.sample_rate, frame.pts = self.audio.rate, self.samples
+        self.container.mux(self.audio.encode(frame))
+        self.samples += audio.shape[-1]
+
+    def finish(self) -> None:
+        self.container.mux(self.video.encode(None))
+        if self.audio is not None:
+            self.container.mux(self.audio.encode(None))
+
+
+def encode_mp4(video: Tensor | np.ndarray, fps: int, audio: Tensor | np.ndarray | None = None,
+               sample_rate: int = 16000, crf: int = DEFAULT_CRF, pixel_format: PixelFormat = "yuv444p") -> bytes:
+    """Encode a clip to an in-memory mp4 (H.264 + AAC).
+
+    Args:
+        video: ``(T, H, W, 3)`` uint8 RGB, even ``H`` and ``W``.
+        fps: frame rate (integer).
+        audio: ``(S,)`` or ``(C, S)`` float32 in ``[-1, 1]`` with ``C`` in (1, 2), or ``None`` for no audio stream.
+        sample_rate: audio sample rate in Hz.
+        crf: x264 quality (lower is better).
+        pixel_format: chroma layout (see :data:`PixelFormat`); the default gives >= 30 dB PSNR on every
+            synthetic clip tested.
+
+    Returns:
+        The mp4 file's bytes; :func:`read_av` returns the same number of frames and samples.
+    """
+    frames = _as_video_array(video)
+    samples = None if audio is None else _as_audio_array(audio)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        muxer = _Mp4Muxer(container, fps, frames.shape[1], frames.shape[2], sample_rate if samples is not None else 0,
+                          1 if samples is None else samples.shape[0], crf, pixel_format, low_latency=False)
+        muxer.add_video(frames)
+        if samples is not None:
+            muxer.add_audio(samples)
+        muxer.finish()
+    return buffer.getvalue()
+
+
+def write_mp4(path: str | Path, video: Tensor | np.ndarray, fps: int, audio: Tensor | np.ndarray | None = None,
+              sample_rate: int = 16000, crf: int = DEFAULT_CRF, pixel_format: PixelFormat = "yuv444p") -> Path:
+    """Write a clip to an mp4 file (see :func:`encode_mp4` for the arguments); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_mp4(video, fps, audio, sample_rate, crf, pixel_format))
+    return path
+
+
+class StreamingMp4Writer:
+    """Write a fragmented mp4 block by block, so that the file plays (and decodes) while it grows.
+
+    Each :meth:`write` call takes one block of frames and its audio; the block's first frame is a keyframe,
+    which starts a new fragment (``movflags=frag_keyframe+delay_moov+default_base_moof``, packets flushed to
+    disk as they are muxed). A fragment is complete once the next keyframe arrives, so after block ``k`` has
+    been written the file on disk decodes to blocks ``0 .. k-1`` (the first valid file appears after the
+    second block); :meth:`close` writes the rest. ``delay_moov`` (not ``empty_moov``) keeps the AAC priming
+    edit list, so decoded audio is in sync with the video (lag 0 samples, measured).
+
+    Args:
+        path: output file.
+        fps: video frame rate.
+        sample_rate: audio rate in Hz (0 for a video-only file).
+        channels: 1 (mono) or 2 (stereo).
+        crf: x264 quality.
+        pixel_format: chroma layout; ``yuv420p`` by default so that any player shows the stream.
+    """
+
+    def __init__(self, path: str | Path, fps: int, sample_rate: int = 16000, channels: int = 1,
+                 crf: int = DEFAULT_CRF, pixel_format: PixelFormat = "yuv420p") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps, self.sample_rate, self.channels, self.crf = fps, sample_rate, channels, crf
+        self.pixel_format = pixel_format
+        self._container: av.container.OutputContainer | None = None
+        self._muxer: _Mp4Muxer | None = None
+        self._closed = False
+
+    def _open(self, height: int, width: int) -> _Mp4Muxer:
+        options = {"movflags": "frag_keyframe+delay_moov+default_base_moof", "flush_packets": "1"}
+        self._container = av.open(str(self.path), mode="w", format="mp4", options=options)
+        return _Mp4Muxer(self._container, self.fps, height, width, self.sample_rate, self.channels, self.crf,
+                         self.pixel_format, low_latency=True)
+
+    def write(self, video: Tensor | np.ndarray, audio: Tensor | np.ndarray | None = None) -> None:
+        """Append one block: ``video (T, H, W, 3)`` uint8 and ``audio (S,)`` or ``(C, S)`` float32 in ``[-1, 1]``."""
+        if self._closed:
+            raise RuntimeError(f"StreamingMp4Writer for {self.path} is closed")
+        frames = _as_video_array(video)
+        if self._muxer is None:
+            self._muxer = self._open(frames.shape[1], frames.shape[2])
+        elif (frames.shape[1], frames.shape[2]) != (self._muxer.video.height, self._muxer.video.width):
+            raise ValueError(f"frame size changed from {self._muxer.video.height}x{self._muxer.video.width} "
+                             f"to {frames.shape[1]}x{frames.shape[2]}")
+        self._muxer.add_video(frames, keyframe_first=True)
+        if audio is not None:
+            self._muxer.add_audio(_as_audio_array(audio))
+
+    @property
+    def frames_written(self) -> int:
+        """Video frames passed to :meth:`write` so far."""
+        return self._muxer.frames if self._muxer else 0
+
+    @property
+    def samples_written(self) -> int:
+        """Audio samples (per channel) passed to :meth:`write` so far."""
+        return self._muxer.samples if self._muxer else 0
+
+    def close(self) -> None:
+        """Flush the encoders and finalise the file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._muxer is not None and self._container is not None:
+            self._muxer.finish()
+            self._container.close()
+
+    def __enter__(self) -> StreamingMp4Writer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,38 @@
+"""``omniforcing data synth|pack|inspect`` through the real command line entry point."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from omniforcing.cli import main
+from omniforcing.data.media import encode_mp4, write_mp4
+
+
+def test_data_synth_then_inspect(tmp_path, capsys):
+    out = tmp_path / "synth"
+    main(["data", "synth", "--out", str(out), "--clips", "3", "--seconds", "1", "--seed", "4", "--shard_size", "2",
+          "--max_objects", "1", "--fixed_size", "true", "--background_sound", "false", "--workers", "0"])
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "shard-000000.tar", "shard-000001.tar"]
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["samples"] == 3 and manifest["scene"]["max_objects"] == 1 and manifest["scene"]["fixed_size"]
+    assert "wrote 3 clips" in capsys.readouterr().out
+    main(["data", "inspect", str(out)])
+    report = capsys.readouterr().out
+    assert "samples: 3 (3 media, 0 latent)" in report and "16000 Hz (3)" in report and "unreadable: 0" in report
+
+
+def test_data_pack_lists_skipped_files(tmp_path, capsys):
+    src = tmp_path / "src"
+    frames = np.random.default_rng(0).integers(0, 255, (40, 40, 60, 3), dtype=np.uint8)
+    write_mp4(src / "street_music.mp4", frames, 20, np.zeros(44100 * 2, np.float32), 44100)
+    (src / "no_sound.mp4").write_bytes(encode_mp4(frames, 20))
+    out = tmp_path / "packed"
+    main(["data", "pack", str(src), "--out", str(out), "--seconds", "1", "--size", "16", "--workers", "0"])
+    printed = capsys.readouterr().out
+    assert "packed 1 clips from 1 of 2 files" in printed
+    assert "no_sound.mp4: no audio stream" in printed
+    main(["data", "inspect", str(out)])
+    report = capsys.readouterr().out
+    assert "16x16 (1)" in report and "street music" in report
