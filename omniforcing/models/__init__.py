@@ -1,1 +1,24 @@
-"""omniforcing.models."""
+"""Pure-PyTorch models: the dual-stream audio-video transformer, its block layout, caches and text encoder."""
+
+from omniforcing.models.kv_cache import AVKVCache, CacheState
+from omniforcing.models.layout import AttentionMasks, BlockLayout, block_causal_masks, block_visibility
+from omniforcing.models.presets import PRESETS, build_preset, preset_kwargs
+from omniforcing.models.text import ByteTextEncoder, TextContext, TextEmbedding, TextEncoder
+from omniforcing.models.transformer import DualStreamTransformer
+
+__all__ = [
+    "PRESETS",
+    "AVKVCache",
+    "AttentionMasks",
+    "BlockLayout",
+    "ByteTextEncoder",
+    "CacheState",
+    "DualStreamTransformer",
+    "TextContext",
+    "TextEmbedding",
+    "TextEncoder",
+    "block_causal_masks",
+    "block_visibility",
+    "build_preset",
+    "preset_kwargs",
+]

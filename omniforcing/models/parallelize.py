@@ -1,0 +1,51 @@
+"""Activation checkpointing applied from outside the model (torchtitan style, STYLE.md §3.3).
+
+* :func:`apply_activation_checkpointing` recomputes every ``every``-th layer in backward. It is safe with a
+  KV cache because a layer receives its cached history as arguments (immutable tensors) and returns its new
+  keys/values instead of writing them.
+* :func:`checkpoint_cached_forward` checkpoints a whole cached forward (Self-Forcing's exit step,
+  ALGORITHMS.md §5.3): it snapshots the cache before the call and restores that snapshot for the recompute in
+  backward, then puts the later state back, so the recompute sees exactly the history the original forward
+  saw even after more blocks were committed and evicted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from omniforcing.models.kv_cache import AVKVCache
+from omniforcing.models.transformer import DualStreamTransformer
+
+
+def apply_activation_checkpointing(model: DualStreamTransformer, every: int = 1) -> None:
+    """Recompute layers ``0, every, 2 * every, ...`` in backward instead of storing their activations."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    for index, layer in enumerate(model.layers):
+        layer.activation_checkpointing = index % every == 0
+
+
+def checkpoint_cached_forward(model: DualStreamTransformer, *args: Any, cache: AVKVCache,
+                              **kwargs: Any) -> tuple[Tensor | None, Tensor | None]:
+    """``model(*args, cache=cache, **kwargs)`` under ``torch.utils.checkpoint`` with the cache snapshotted.
+
+    Positional ``args`` are the model's positional inputs (video, audio, t_video, t_audio, text); ``kwargs``
+    its keyword arguments (``block``, ``commit``, ``step_size``...). A committing call commits once in the
+    forward; the recompute in backward commits into the restored snapshot and the later state is put back.
+    """
+    snapshot = cache.snapshot()
+
+    def run(*inputs: Any) -> tuple[Tensor | None, Tensor | None]:
+        later = cache.snapshot()
+        recompute = later is not snapshot
+        cache.restore(snapshot)
+        try:
+            return model(*inputs, cache=cache, **kwargs)
+        finally:
+            if recompute:
+                cache.restore(later)
+
+    return checkpoint(run, *args, use_reentrant=False)

@@ -1,0 +1,357 @@
+"""The dual-stream audio-video transformer every method shares (DESIGN.md "Model"; ALGORITHMS.md §1, §6).
+
+One class serves the bidirectional teacher, every OmniForcing stage, the critic and Mutual Forcing:
+bidirectional vs block-causal attention, sinks, prefix layout, video-only / audio-only / joint inputs, full
+sequences vs block-by-block decoding with an :class:`~omniforcing.models.kv_cache.AVKVCache` are all
+configuration or call arguments of the same weights.
+
+Tokens: a video latent frame ``(Cv, h, w)`` gives ``h * w`` tokens (patch 1, linear in-projection); an audio
+latent gives one token. ``num_audio_sinks`` learnable tokens (init N(0, 0.02²)) are prepended to the audio
+sequence: they belong to block 0, take the first audio latent's timestep, have identity RoPE, are visible to
+every query and are dropped before the output head. The output is the flow velocity ``v = eps - x0`` in the
+input's shape.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from omniforcing.models.geometry import TokenGeometry
+from omniforcing.models.kv_cache import AVKVCache, PrefixPosition
+from omniforcing.models.layers import RMSNorm, TimestepEmbedding, modulate
+from omniforcing.models.layout import (
+    AttentionMasks,
+    BlockLayout,
+    PrefixLayout,
+    block_causal_masks,
+    visibility_masks,
+    window_blocks,
+)
+from omniforcing.models.rope import RotaryEmbedding
+from omniforcing.models.stream_layer import NUM_MODULATIONS, DualStreamLayer, LayerCall, LayerKV, StreamCall, TextKV
+from omniforcing.models.text import ByteTextEncoder, StreamText, TextContext, TextEncoder
+
+
+class StreamEnds(nn.Module):
+    """One stream's input projection, timestep conditioning, text path and velocity head.
+
+    Args:
+        channels: latent channels of the stream.
+        width: stream width.
+        text: the stream's text path.
+        step_size_conditioning: add an embedding of the sampler step size to the timestep conditioning.
+        num_sinks: learnable sink tokens (audio only).
+    """
+
+    def __init__(self, channels: int, width: int, text: StreamText, step_size_conditioning: bool,
+                 num_sinks: int = 0) -> None:
+        super().__init__()
+        self.proj_in = nn.Linear(channels, width)
+        self.time = TimestepEmbedding(width)
+        self.step = TimestepEmbedding(width) if step_size_conditioning else None
+        if self.step is not None:  # zero last layer: enabling it on a trained model changes nothing until trained
+            nn.init.zeros_(self.step.mlp[-1].weight)
+            nn.init.zeros_(self.step.mlp[-1].bias)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, NUM_MODULATIONS * width))
+        nn.init.zeros_(self.modulation[1].weight)  # adaLN-Zero: every gate starts at 0
+        nn.init.zeros_(self.modulation[1].bias)
+        self.text = text
+        self.sinks = nn.Parameter(torch.randn(num_sinks, width) * 0.02) if num_sinks else None
+        self.head_norm = RMSNorm(width, affine=False)
+        self.head_modulation = nn.Parameter(torch.zeros(2, width))
+        self.proj_out = nn.Linear(width, channels)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def condition(self, t: Tensor, step_size: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per-frame timestep embedding ``(B, T, D)`` and global AdaLN values ``(B, T, 11, D)`` for ``t (B, T)``."""
+        emb = self.time(t)
+        if self.step is not None:
+            emb = emb + self.step(step_size[:, None])
+        return emb, self.modulation(emb).unflatten(-1, (NUM_MODULATIONS, -1))
+
+    def head(self, x: Tensor, emb: Tensor) -> Tensor:
+        """Velocity ``(B, N, channels)`` from tokens ``(B, N, D)`` and per-frame embeddings ``(B, T, D)``."""
+        shift, scale = (self.head_modulation[None, None] + emb[:, :, None]).unbind(2)
+        return self.proj_out(modulate(self.head_norm(x), shift, scale))
+
+
+class DualStreamTransformer(nn.Module):
+    """Dual-stream (video + audio) diffusion transformer predicting flow velocities.
+
+    Args:
+        video_channels: channels ``Cv`` of a video latent frame.
+        video_grid: ``(h, w)`` tokens per video latent frame (also the spatial RoPE scale).
+        audio_channels: channels ``Ca`` of an audio latent.
+        video_width: video stream width.
+        audio_width: audio stream width (also the cross-modal attention width, as LTX-2).
+        depth: number of dual-stream layers.
+        video_heads: video attention heads.
+        audio_heads: audio (and cross-modal) attention heads.
+        text_encoder: a caption encoder shared by both streams (e.g. a user's pretrained encoder); ``None``
+            builds one :class:`~omniforcing.models.text.ByteTextEncoder` per stream.
+        text_width: width of the built-in encoders.
+        text_depth: layers of the built-in encoders.
+        text_heads: heads of the built-in encoders.
+        text_max_length: caption tokens of the built-in encoders.
+        mlp_ratio: MLP hidden width over the stream width.
+        num_audio_sinks: learnable audio sink tokens (0 disables; the paper uses 16).
+        prefix: macro-block layout of block 0, ``"v1"`` (paper) or ``"v2"`` (official code).
+        causal: default attention of a full-sequence forward (block-causal when True).
+        step_size_conditioning: condition on the sampler step size (Mutual Forcing's mode signal).
+        rope_max_seconds: seconds that map to the top of the temporal RoPE range (trained length).
+        rope_base: ratio between the highest and lowest RoPE frequency.
+        prefix_position: ``"absolute"`` or ``"relative"`` placement of the pinned prefix when a cached
+            stream has moved past its window (see :mod:`omniforcing.models.kv_cache`).
+    """
+
+    def __init__(self, *, video_channels: int = 16, video_grid: tuple[int, int] = (4, 4), audio_channels: int = 32,
+                 video_width: int, audio_width: int, depth: int, video_heads: int, audio_heads: int,
+                 text_encoder: TextEncoder | None = None, text_width: int = 64, text_depth: int = 2,
+                 text_heads: int = 4, text_max_length: int = 64, mlp_ratio: float = 4.0, num_audio_sinks: int = 0,
+                 prefix: PrefixLayout = "v1", causal: bool = False, step_size_conditioning: bool = False,
+                 rope_max_seconds: float = 20.0, rope_base: float = 10000.0,
+                 prefix_position: PrefixPosition = "absolute") -> None:
+        super().__init__()
+        if prefix not in ("v1", "v2"):
+            raise ValueError(f"prefix must be 'v1' or 'v2', got {prefix!r}")
+        if prefix_position not in ("absolute", "relative"):
+            raise ValueError(f"prefix_position must be 'absolute' or 'relative', got {prefix_position!r}")
+        if num_audio_sinks < 0:
+            raise ValueError(f"num_audio_sinks must be >= 0, got {num_audio_sinks}")
+        self.video_grid = tuple(video_grid)
+        self.video_channels, self.audio_channels = video_channels, audio_channels
+        self.prefix, self.causal, self.prefix_position = prefix, causal, prefix_position
+        self.num_audio_sinks = num_audio_sinks
+        self.text_encoder = text_encoder
+        encoder_width = text_encoder.width if text_encoder is not None else text_width
+
+        def stream_text(width: int) -> StreamText:
+            own = None if text_encoder is not None else ByteTextEncoder(text_width, text_depth, text_heads,
+                                                                        text_max_length)
+            return StreamText(width, encoder_width, own)
+
+        self.video = StreamEnds(video_channels, video_width, stream_text(video_width), step_size_conditioning)
+        self.audio = StreamEnds(audio_channels, audio_width, stream_text(audio_width), step_size_conditioning,
+                                num_audio_sinks)
+        self.layers = nn.ModuleList(DualStreamLayer(video_width, audio_width, video_heads, audio_heads, mlp_ratio)
+                                    for _ in range(depth))
+        self._grid = BlockLayout(1, 1, prefix)
+        self.geometry = TokenGeometry(prefix, self.video_grid,
+                                      RotaryEmbedding(video_width // video_heads, (rope_max_seconds, *self.video_grid),
+                                                      rope_base),
+                                      RotaryEmbedding(audio_width // audio_heads, (rope_max_seconds,), rope_base))
+
+    # ---------------------------------------------------------------- public helpers
+    @property
+    def step_size_conditioning(self) -> bool:
+        """Whether the model conditions on the sampler step size."""
+        return self.video.step is not None
+
+    def layout(self, num_video: int | None = None, num_audio: int | None = None) -> BlockLayout:
+        """The :class:`BlockLayout` of a clip under this model's prefix layout."""
+        return BlockLayout.for_latents(num_video, num_audio, self.prefix)
+
+    def encode_text(self, captions: list[str], drop: Tensor | None = None) -> TextContext:
+        """Encode ``B`` captions for both streams; rows where ``drop`` ``(B,)`` bool is True get the null embedding."""
+        shared = self.text_encoder(captions) if self.text_encoder is not None else None
+        return TextContext(self.video.text(captions, shared, drop), self.audio.text(captions, shared, drop))
+
+    def new_cache(self, batch_size: int, *, window_seconds: float | None = None,
+                  audio_window_seconds: float | None = None) -> AVKVCache:
+        """An empty cache for block-by-block decoding of ``batch_size`` streams.
+
+        Args:
+            batch_size: streams decoded together.
+            window_seconds: video window in whole seconds (``None`` = never evict).
+            audio_window_seconds: audio window (``None`` = same as ``window_seconds``).
+        """
+        return AVKVCache(len(self.layers), batch_size, window_seconds=window_seconds,
+                         audio_window_seconds=audio_window_seconds, prefix_position=self.prefix_position)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, video: Tensor | None, audio: Tensor | None, t_video: Tensor | None, t_audio: Tensor | None,
+                text: TextContext, *, causal: bool | None = None, cache: AVKVCache | None = None, block: int = 0,
+                commit: bool = False, step_size: Tensor | None = None, window_seconds: float | None = None,
+                audio_window_seconds: float | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """Predict velocities for noisy latents.
+
+        Args:
+            video: ``(B, Tv, Cv, h, w)`` noisy video latents, or ``None`` (audio-only).
+            audio: ``(B, Ta, Ca)`` noisy audio latents, or ``None`` (video-only).
+            t_video: ``(B, Tv)`` flow time in ``[0, 1]`` per latent frame (1 = pure noise).
+            t_audio: ``(B, Ta)`` flow time per audio latent.
+            text: from :meth:`encode_text`, batch ``B``.
+            causal: block-causal mask (True) or bidirectional (False); ``None`` = the constructor's setting.
+                A cached call is always block-causal.
+            cache: decode incrementally against this cache: the inputs are the latents of blocks
+                ``block .. block + m - 1`` (the last may be a partial tail); they attend to the cached history
+                and block-causally to each other.
+            block: with a cache, the macro-block index of the first input block (must equal ``cache.next_block``).
+            commit: with a cache, append this call's keys/values (detached) and evict by the cache's window.
+            step_size: ``(B,)`` sampler step size, required iff the model has ``step_size_conditioning``.
+            window_seconds: full-sequence block-causal forward only: local window of video keys in seconds.
+            audio_window_seconds: the same for audio keys (``None`` = ``window_seconds``).
+
+        Returns:
+            ``(video velocity, audio velocity)`` in the shapes of ``video`` and ``audio`` (``None`` where absent).
+        """
+        batch, num_video, num_audio = self._check_inputs(video, audio, t_video, t_audio, text, step_size)
+        if cache is None:
+            if block or commit:
+                raise ValueError("block and commit are only meaningful with a cache")
+            layout = self.layout(num_video or None, num_audio or None)
+            masks = self._full_masks(layout, causal, window_seconds, audio_window_seconds)
+        else:
+            if causal is False or window_seconds is not None or audio_window_seconds is not None:
+                raise ValueError("a cached call is block-causal with the cache's window; do not pass causal=False "
+                                 "or window_seconds")
+            cache.check_call(block, video is not None, audio is not None, batch)
+            layout = self.layout(self._grid.video_start(block) + num_video if num_video else None,
+                                 self._grid.audio_start(block) + num_audio if num_audio else None)
+            masks = None if layout.num_blocks - block > 1 else AttentionMasks()  # one block: all history visible
+        call, video_ids, audio_ids = self._call(layout, block, num_video, num_audio, masks, cache)
+        with_sinks = audio is not None and block == 0 and self.num_audio_sinks > 0
+        xv, ev, mv = self._embed_video(video, t_video, step_size)
+        xa, ea, ma = self._embed_audio(audio, t_audio, step_size, with_sinks)
+        text_kv = self._text_kv(text) if cache is None else cache.text_kv(text, lambda: self._text_kv(text))
+        xv, xa, current = self._run_layers(xv, xa, mv, ma, text_kv, call, cache)
+        if commit:
+            cache.commit(current, video_ids, audio_ids, layout.num_blocks, layout.is_complete)
+        return self._video_out(xv, ev, video), self._audio_out(xa, ea, with_sinks)
+
+    def _run_layers(self, xv: Tensor | None, xa: Tensor | None, mv: Tensor | None, ma: Tensor | None,
+                    text_kv: list[TextKV], call: LayerCall,
+                    cache: AVKVCache | None) -> tuple[Tensor | None, Tensor | None, list[LayerKV]]:
+        current = []
+        for index, layer in enumerate(self.layers):
+            args = (xv, xa, mv, ma, text_kv[index], call, None if cache is None else cache.history(index))
+            if layer.activation_checkpointing and torch.is_grad_enabled():
+                xv, xa, kv = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                xv, xa, kv = layer(*args)
+            current.append(kv)
+        return xv, xa, current
+
+    # ---------------------------------------------------------------- input checks
+    def _check_inputs(self, video: Tensor | None, audio: Tensor | None, t_video: Tensor | None,
+                      t_audio: Tensor | None, text: TextContext, step_size: Tensor | None) -> tuple[int, int, int]:
+        if video is None and audio is None:
+            raise ValueError("give video, audio or both")
+        batch = (video if video is not None else audio).shape[0]
+        num_video = num_audio = 0
+        if video is not None:
+            if video.dim() != 5 or tuple(video.shape[2:]) != (self.video_channels, *self.video_grid):
+                raise ValueError(f"video must be (B, Tv, {self.video_channels}, {self.video_grid[0]}, "
+                                 f"{self.video_grid[1]}), got {tuple(video.shape)}")
+            num_video = video.shape[1]
+            _check_time("t_video", t_video, (batch, num_video))
+        if audio is not None:
+            if audio.dim() != 3 or audio.shape[2] != self.audio_channels or audio.shape[0] != batch:
+                raise ValueError(f"audio must be (B={batch}, Ta, {self.audio_channels}), got {tuple(audio.shape)}")
+            num_audio = audio.shape[1]
+            _check_time("t_audio", t_audio, (batch, num_audio))
+        if text.batch_size != batch:
+            raise ValueError(f"text context has batch {text.batch_size}, the latents have {batch}")
+        if self.step_size_conditioning != (step_size is not None):
+            raise ValueError("pass step_size (B,) exactly when the model has step_size_conditioning "
+                             f"(it {'has' if self.step_size_conditioning else 'does not have'} it)")
+        if step_size is not None and tuple(step_size.shape) != (batch,):
+            raise ValueError(f"step_size must be ({batch},), got {tuple(step_size.shape)}")
+        return batch, num_video, num_audio
+
+    # ---------------------------------------------------------------- geometry of a call
+    def _full_masks(self, layout: BlockLayout, causal: bool | None, window_seconds: float | None,
+                    audio_window_seconds: float | None) -> AttentionMasks:
+        causal = self.causal if causal is None else causal
+        video_window = window_blocks(window_seconds)
+        audio_window = window_blocks(window_seconds if audio_window_seconds is None else audio_window_seconds)
+        if not causal:
+            if video_window or audio_window:
+                raise ValueError("a local attention window needs the block-causal mask (causal=True)")
+            return AttentionMasks()
+        return block_causal_masks(layout, self.video_grid[0] * self.video_grid[1], self.num_audio_sinks,
+                                  video_window, audio_window, str(self._device()))
+
+    def _call(self, layout: BlockLayout, block: int, num_video: int, num_audio: int, masks: AttentionMasks | None,
+              cache: AVKVCache | None) -> tuple[LayerCall, Tensor | None, Tensor | None]:
+        """The :class:`LayerCall` of inputs starting at ``block`` and their per-token block ids.
+
+        ``masks=None`` asks for masks over ``[history | current]`` keys (several blocks in one cached call).
+        """
+        device, dtype = self._device(), self._dtype()
+        sinks = self.num_audio_sinks if block == 0 else 0
+        video = self.geometry.video(layout.video_start(block), num_video, device, dtype) if num_video else None
+        audio = self.geometry.audio(layout.audio_start(block), num_audio, sinks, device, dtype) if num_audio else None
+        video_ids = None if video is None else video.blocks
+        audio_ids = None if audio is None else audio.blocks
+        if masks is None:
+            masks = visibility_masks(video_ids, audio_ids, _cat_ids(cache.video_blocks, video_ids),
+                                     _cat_ids(cache.audio_blocks, audio_ids), cache.video_window, cache.audio_window)
+        pinned_v, pinned_a = cache.pinned_tokens() if cache is not None else (0, 0)
+        shift = cache.relative_shift(block) if cache is not None else 0.0
+        self_shift, cross_shift = self.geometry.time_shift(shift, device, dtype) if shift else (None, None)
+        video_call = None if video is None else StreamCall(video.self_rope, video.cross_rope, pinned_v, self_shift,
+                                                           cross_shift)
+        audio_call = None if audio is None else StreamCall(audio.self_rope, audio.cross_rope, pinned_a, cross_shift,
+                                                           cross_shift)
+        return LayerCall(video_call, audio_call, masks), video_ids, audio_ids
+
+    # ---------------------------------------------------------------- embedding and heads
+    def _embed_video(self, video: Tensor | None, t: Tensor | None, step_size: Tensor | None):
+        if video is None:
+            return None, None, None
+        tokens = video.permute(0, 1, 3, 4, 2).flatten(1, 3)  # (B, Tv*h*w, Cv), frame-major, then rows, cols
+        emb, mod = self.video.condition(t, step_size)
+        return self.video.proj_in(tokens.to(self.video.proj_in.weight.dtype)), emb, mod
+
+    def _embed_audio(self, audio: Tensor | None, t: Tensor | None, step_size: Tensor | None, with_sinks: bool):
+        if audio is None:
+            return None, None, None
+        x = self.audio.proj_in(audio.to(self.audio.proj_in.weight.dtype))
+        if with_sinks:
+            sinks = self.audio.sinks[None].expand(x.shape[0], -1, -1)
+            x = torch.cat([sinks.to(x.dtype), x], dim=1)
+            t = torch.cat([t[:, :1].expand(-1, self.num_audio_sinks), t], dim=1)  # sinks take latent 0's time
+        emb, mod = self.audio.condition(t, step_size)
+        return x, emb, mod
+
+    def _video_out(self, x: Tensor | None, emb: Tensor | None, video: Tensor | None) -> Tensor | None:
+        if x is None:
+            return None
+        out = self.video.head(x, emb)
+        _, frames, _, h, w = video.shape
+        return out.unflatten(1, (frames, h, w)).permute(0, 1, 4, 2, 3)
+
+    def _audio_out(self, x: Tensor | None, emb: Tensor | None, with_sinks: bool) -> Tensor | None:
+        if x is None:
+            return None
+        skip = self.num_audio_sinks if with_sinks else 0
+        return self.audio.head(x[:, skip:], emb[:, skip:])
+
+    def _text_kv(self, text: TextContext) -> list[TextKV]:
+        video_mask = text.video.mask[:, None, None, :]
+        audio_mask = text.audio.mask[:, None, None, :]
+        return [TextKV(layer.video.text_attn.keys_values(text.video.tokens),
+                       layer.audio.text_attn.keys_values(text.audio.tokens), video_mask, audio_mask)
+                for layer in self.layers]
+
+    def _device(self) -> torch.device:
+        return self.video.proj_in.weight.device
+
+    def _dtype(self) -> torch.dtype:
+        return self.video.proj_in.weight.dtype
+
+
+def _check_time(name: str, t: Tensor | None, shape: tuple[int, int]) -> None:
+    if t is None or tuple(t.shape) != shape:
+        raise ValueError(f"{name} must be {shape} (one flow time per latent), got "
+                         f"{None if t is None else tuple(t.shape)}")
+
+
+def _cat_ids(history: Tensor | None, current: Tensor | None) -> Tensor | None:
+    if current is None:
+        return None
+    return current if history is None else torch.cat([history, current])
