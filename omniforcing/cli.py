@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "data synth": "omniforcing.commands.data:synth",
     "data pack": "omniforcing.commands.data:pack",
     "data inspect": "omniforcing.commands.data:inspect",
+    "generate": "omniforcing.commands.generate:generate",
+    "export": "omniforcing.commands.export:export",
 }
 
 
@@ -55,7 +57,7 @@ def main(args: Sequence[str] | None = None) -> None:
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         from omniforcing.training.cli import run_lightning_cli
 
-        run_lightning_cli(argv)
+        run_lightning_cli(None if args is None else argv)  # None: LightningCLI reads sys.argv itself
         return
     from jsonargparse import CLI
 

@@ -97,9 +97,8 @@ TRAINING_ONLY_ARGS = ("network", "codec", "objective", "optimizer", "scheduler",
                       "critic", "init_from", "teacher_from", "critic_from", "_instantiator")
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool = True,
-                      dtype: torch.dtype | None = None) -> Path:
-    """Export a Lightning checkpoint written by ``omniforcing fit`` to a self-contained folder.
+def model_from_checkpoint(checkpoint: str | Path, use_ema: bool = True) -> tuple[nn.Module, AVCodec, dict]:
+    """Rebuild ``(network, codec, config)`` from a Lightning checkpoint written by ``omniforcing fit``.
 
     The checkpoint's hyperparameters (the config tree LightningCLI saved) give the network and codec classes;
     its weights are read with ``weights_only=True``; EMA weights are used when present and ``use_ema``.
@@ -120,6 +119,23 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool
     codec = instantiate(config["codec"], AVCodec)
     codec_state = {k[len("codec."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("codec.")}
     codec.load_state_dict(codec_state, strict=True)
-    network_state = network_state_from_checkpoint(ckpt, use_ema, checkpoint)
-    network.load_state_dict(network_state, strict=True)
-    return save_exported(out_dir, network, codec, config, network_state, dtype)
+    network.load_state_dict(network_state_from_checkpoint(ckpt, use_ema, checkpoint), strict=True)
+    return network.eval(), codec.eval(), config
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, use_ema: bool = True,
+                      dtype: torch.dtype | None = None) -> Path:
+    """Export a Lightning checkpoint to a self-contained folder (see :func:`model_from_checkpoint`)."""
+    network, codec, config = model_from_checkpoint(checkpoint, use_ema)
+    return save_exported(out_dir, network, codec, config, dtype=dtype)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, AVCodec, dict]:
+    """``(network, codec, config)`` from an exported folder or a Lightning ``.ckpt`` file."""
+    path = Path(path)
+    if path.is_dir():
+        return load_exported(path, device)
+    if path.suffix == ".ckpt" and path.is_file():
+        network, codec, config = model_from_checkpoint(path)
+        return network.to(device), codec.to(device), config
+    raise FileNotFoundError(f"no exported model folder or .ckpt file at {path}")

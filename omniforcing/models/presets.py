@@ -17,11 +17,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(video_width=32, audio_width=32, depth=2, video_heads=2, audio_heads=2,
                  text_width=32, text_depth=1, text_heads=2, text_max_length=32),
     "small": dict(video_width=128, audio_width=64, depth=6, video_heads=4, audio_heads=2,
-                  text_width=64, text_depth=2, text_heads=4, text_max_length=64),
+                  text_width=64, text_depth=2, text_heads=4, text_max_length=192),
     "base": dict(video_width=512, audio_width=256, depth=12, video_heads=8, audio_heads=4,
-                 text_width=256, text_depth=4, text_heads=4, text_max_length=128),
+                 text_width=256, text_depth=4, text_heads=4, text_max_length=256),
     "large": dict(video_width=1024, audio_width=512, depth=24, video_heads=16, audio_heads=8,
-                  text_width=512, text_depth=6, text_heads=8, text_max_length=128),
+                  text_width=512, text_depth=6, text_heads=8, text_max_length=256),
 }
 
 

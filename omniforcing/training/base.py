@@ -75,6 +75,7 @@ class AVLitModule(L.LightningModule):
         self.seed = seed
         self.skipped_nonfinite_steps = 0
         self.tokens_in_last_batch = 0
+        check_latent_geometry(network, codec)
         if init_from:
             load_network_weights(self.network, init_from)
 
@@ -159,6 +160,18 @@ class AVLitModule(L.LightningModule):
         for key, value in losses.items():
             self.log(f"{split}/{key}", value.detach(), prog_bar=key == "loss", batch_size=batch_size,
                      sync_dist=split != "train")
+
+
+def check_latent_geometry(network: nn.Module, codec: AVCodec) -> None:
+    """The backbone's latent channels and grid must be the codec's (they are set side by side in recipes)."""
+    expected = {"video_channels": codec.video.latent_channels, "audio_channels": codec.audio.latent_channels,
+                "video_grid": tuple(codec.video.latent_size)}
+    actual = {"video_channels": network.video_channels, "audio_channels": network.audio_channels,
+              "video_grid": tuple(network.video_grid)}
+    wrong = [f"{k}: network {actual[k]} vs codec {v}" for k, v in expected.items() if actual[k] != v]
+    if wrong:
+        raise ValueError("network and codec disagree on the latent geometry (" + "; ".join(wrong) +
+                         "); set network.init_args to the codec's values (recipes/latents/*.yaml do)")
 
 
 def _is_plain(value: object) -> bool:

@@ -21,13 +21,13 @@ class OmniCLI(LightningCLI):
         parser.link_arguments("data.init_args.clip", "model.init_args.clip")
 
 
-def run_lightning_cli(args: Sequence[str]) -> OmniCLI:
-    """Run a LightningCLI subcommand (``args[0]`` in fit/validate/test/predict)."""
+def run_lightning_cli(args: Sequence[str] | None) -> OmniCLI:
+    """Run a LightningCLI subcommand (``args[0]`` in fit/validate/test/predict; ``None`` reads ``sys.argv``)."""
     return OmniCLI(
         AVLitModule,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=list(args),
+        args=None if args is None else list(args),
         save_config_kwargs={"overwrite": True},
     )
