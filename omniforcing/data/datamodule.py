@@ -18,7 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from omniforcing.data.decoding import ClipExample, collate_examples, decode_sample, uint8_to_unit
 from omniforcing.data.pipeline import ClipStream
@@ -181,11 +181,48 @@ class SyntheticClips(Dataset):
         return ClipExample(info.caption, info, video=video, audio=torch.from_numpy(clip.audio)[None])
 
 
+class SyntheticStream(IterableDataset):
+    """Infinite, step-indexed stream of training batches over a pool of synthetic clips.
+
+    Batch ``b`` of rank ``r`` holds the clips at positions ``((b * world + r) * B + i)`` of an endless sequence of
+    seeded permutations of the pool, so the data of every optimiser step is a function of the step alone: a run
+    resumed from a checkpoint (``start_batch`` = its ``global_step``) sees exactly the batches the uninterrupted
+    run would have seen, and ranks never share a clip within a step. Workers take batches round-robin, which
+    is the order in which the DataLoader returns them.
+    """
+
+    def __init__(self, clips: SyntheticClips, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.clips, self.batch_size, self.seed = clips, batch_size, seed
+        self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
+
+    def index_at(self, position: int) -> int:
+        """Pool index of the clip at stream ``position`` (epoch ``position // pool`` is a fresh permutation)."""
+        epoch, offset = divmod(position, len(self.clips))
+        order = torch.randperm(len(self.clips), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        return int(order[offset])
+
+    def batch(self, number: int) -> AVBatch:
+        """Training batch ``number`` of this rank."""
+        first = (number * self.world_size + self.rank) * self.batch_size
+        return collate_examples([self.clips[self.index_at(first + i)] for i in range(self.batch_size)])
+
+    def __iter__(self) -> Iterator[AVBatch]:
+        worker = get_worker_info()
+        shard, shards = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        number = self.start_batch + shard
+        while True:
+            yield self.batch(number)
+            number += shards
+
+
 class SyntheticDataModule(L.LightningDataModule):
     """Synthetic paired clips generated on the fly: deterministic, no files, for tests and tiny CPU recipes.
 
     Training uses clip indices ``0 .. train_clips - 1`` and validation the next ``val_clips``, so the splits
     are disjoint. Clips are not compressed (no mp4 round trip), and a clip is exactly one window of ``clip``.
+    Resume guarantee: the training stream is indexed by optimiser step (:class:`SyntheticStream`), so a resumed
+    run continues with exactly the batches an uninterrupted run would have used.
 
     Args:
         clip: clip geometry.
@@ -204,11 +241,14 @@ class SyntheticDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed, self.scene = batch_size, num_workers, seed, scene
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (order seeded by ``seed``)."""
-        data = SyntheticClips(0, self.train_clips, self.seed, self.clip, self.scene)
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(data, self.batch_size, shuffle=True, generator=generator, num_workers=self.num_workers,
-                          collate_fn=collate_examples)
+        """Endless shuffled training batches, indexed by optimiser step (see :class:`SyntheticStream`)."""
+        trainer = self.trainer
+        stream = SyntheticStream(SyntheticClips(0, self.train_clips, self.seed, self.clip, self.scene),
+                                 self.batch_size, self.seed,
+                                 start_batch=trainer.global_step if trainer else 0,
+                                 rank=trainer.global_rank if trainer else 0,
+                                 world_size=trainer.world_size if trainer else 1)
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in index order."""

@@ -1,0 +1,27 @@
+"""Fixtures for LightningModule tests: the tiny teacher recipe run through the real CLI entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+TINY_TEACHER = ["base.yaml", "data/synthetic.yaml", "teacher/joint.yaml", "latents/patch.yaml", "model/tiny.yaml",
+                "debug/tiny_cpu.yaml"]
+
+
+def recipe_args(files: list[str]) -> list[str]:
+    """``-c recipes/<file>`` for each file."""
+    args: list[str] = []
+    for name in files:
+        args += ["-c", str(RECIPES / name)]
+    return args
+
+
+@pytest.fixture
+def tiny_teacher_args(tmp_path: Path) -> list[str]:
+    """CLI arguments of a tiny CPU teacher run writing into ``tmp_path``."""
+    return [*recipe_args(TINY_TEACHER), f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]

@@ -1,0 +1,113 @@
+"""The teacher through the real CLI: fit, checkpoint, generate; non-finite guard; safe, atomic checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from omniforcing.cli import main
+from omniforcing.codecs import AVCodec, MelAudioCodec, PatchVideoCodec
+from omniforcing.data.media import read_av
+from omniforcing.models import build_preset
+from omniforcing.training import TeacherLitModule
+from omniforcing.training.base import NonFiniteLossError
+from omniforcing.training.checkpoints import AtomicCheckpointIO
+from omniforcing.types import AVBatch, ClipSpec
+
+
+def _last_checkpoint(root: Path) -> Path:
+    found = sorted(root.rglob("last.ckpt"))
+    assert found, f"no last.ckpt under {root}"
+    return found[-1]
+
+
+def test_tiny_fit_then_generate_writes_mp4_of_requested_length(tmp_path, tiny_teacher_args):
+    main(["fit", *tiny_teacher_args])
+    ckpt = _last_checkpoint(tmp_path)
+    checkpoint = torch.load(ckpt, weights_only=True)  # safe loading must work on our own checkpoints
+    assert checkpoint["global_step"] == 4
+    assert "ema_state" in checkpoint["callbacks"]["EMA"]
+    assert (ckpt.parents[1] / "config.yaml").is_file()  # resolved config saved with the run
+    out = tmp_path / "clip.mp4"
+    main(["generate", "--checkpoint", str(ckpt), "--prompt", "a red circle bounces", "--seconds", "2",
+          "--out", str(out), "--steps", "2"])
+    clip = read_av(out)
+    assert clip.video.shape[0] == 49 and clip.fps == 24
+    assert clip.audio is not None and clip.sample_rate == 16000
+    assert abs(clip.audio.shape[1] / 16000 - (2 + 1 / 25)) < 0.01
+
+
+def _module(on_nonfinite: str) -> TeacherLitModule:
+    codec = AVCodec(PatchVideoCodec(), MelAudioCodec())
+    network = build_preset("tiny", video_channels=1536, audio_channels=256)
+    return TeacherLitModule(network, codec, clip=ClipSpec(seconds=1), on_nonfinite=on_nonfinite)
+
+
+def _batch() -> AVBatch:
+    clip = ClipSpec(seconds=1)
+    return AVBatch(["x", "y"], video=torch.zeros(2, clip.num_frames, 3, 32, 32), audio=torch.zeros(2, 1, clip.num_samples))
+
+
+def test_nonfinite_loss_stops_with_step_and_modality():
+    module = _module("stop")
+    module.codec.audio.encode = lambda audio: torch.full((2, 26, 256), float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"step 0: .*loss_audio"):
+        module.training_step(_batch(), 0)
+
+
+def test_nonfinite_loss_skip_drops_the_step_and_counts_it():
+    module = _module("skip")
+    module.codec.video.encode = lambda video: torch.full((2, 4, 1536, 4, 4), float("inf"))
+    assert module.training_step(_batch(), 0) is None
+    assert module.skipped_nonfinite_steps == 1
+
+
+def test_network_and_codec_must_agree_on_latent_geometry():
+    codec = AVCodec(PatchVideoCodec(), MelAudioCodec())
+    with pytest.raises(ValueError, match="video_channels: network 16 vs codec 1536"):
+        TeacherLitModule(build_preset("tiny", audio_channels=256), codec)
+
+
+def test_atomic_checkpoint_io_leaves_no_partial_file(tmp_path):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+
+    class Exploding:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "bad": Exploding()}, target)
+    assert torch.equal(io.load_checkpoint(target)["state_dict"]["w"], torch.ones(3))  # old file intact
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_checkpoint_loading_refuses_arbitrary_objects(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Path("x")}, path)  # a non-tensor object needs unpickling
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported"):
+        AtomicCheckpointIO().load_checkpoint(path)
+
+
+@pytest.mark.slow
+def test_overfitting_one_batch_drives_the_loss_down():
+    torch.manual_seed(0)
+    module = _module("stop")
+    batch = _batch()
+    batch.video = torch.rand_like(batch.video) * 2 - 1
+    batch.audio = torch.randn_like(batch.audio) * 0.1
+    module.objective.condition_dropout = 0.0
+    optimizer = torch.optim.Adam(module.network.parameters(), lr=2e-3)
+    x0 = module.latents(batch)
+    losses = []
+    for step in range(200):
+        generator = torch.Generator().manual_seed(step % 4)  # a few fixed (t, noise) draws
+        loss = module.objective.loss(module.network, x0, batch.captions, generator)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4
