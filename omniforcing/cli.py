@@ -19,8 +19,11 @@ COMMANDS: dict[str, str] = {
     "data synth": "omniforcing.commands.data:synth",
     "data pack": "omniforcing.commands.data:pack",
     "data inspect": "omniforcing.commands.data:inspect",
+    "data ode-pairs": "omniforcing.commands.ode_pairs:ode_pairs",
     "generate": "omniforcing.commands.generate:generate",
     "export": "omniforcing.commands.export:export",
+    "bench": "omniforcing.commands.bench:bench",
+    "evaluate": "omniforcing.commands.evaluate:evaluate",
 }
 
 

@@ -1,7 +1,8 @@
-"""Lightning callbacks: EMA of the trained network, sample logging, throughput (and evaluation)."""
+"""Lightning callbacks: EMA of the trained network, sample logging, throughput, periodic evaluation with metrics."""
 
 from omniforcing.callbacks.ema import EMA
+from omniforcing.callbacks.evaluation import PeriodicEvaluation
 from omniforcing.callbacks.samples import SampleLogger
 from omniforcing.callbacks.throughput import Throughput
 
-__all__ = ["EMA", "SampleLogger", "Throughput"]
+__all__ = ["EMA", "PeriodicEvaluation", "SampleLogger", "Throughput"]

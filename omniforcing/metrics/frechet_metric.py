@@ -165,11 +165,18 @@ class FrechetDistance(Metric):
         self.real_outer_sum = torch.zeros_like(self.real_outer_sum)
         self._computed = None  # torchmetrics' cached compute() result is stale now
 
-    def save_real_stats(self, path: str | Path, description: str = "") -> None:
-        """Write the (merged) real-set statistics to ``path`` (``.npz``) with the extractor's fingerprint."""
+    def save_real_stats(self, path: str | Path, description: str = "", stats: GaussianStats | None = None) -> None:
+        """Write real-set statistics to ``path`` (``.npz``) with the extractor's fingerprint.
+
+        Args:
+            path: output file.
+            description: what the real set is (stored as metadata).
+            stats: the statistics to write; ``None`` merges this metric's real states over processes first,
+                a collective call that every rank must make (pass ``stats`` to write from one rank only).
+        """
         metadata = {"metric": self.name, "extractor": self.extractor.name, "fingerprint": self.extractor.fingerprint,
                     "description": description}
-        self.real_stats().save_npz(path, metadata)
+        (self.real_stats() if stats is None else stats).save_npz(path, metadata)
 
     def load_real_stats(self, path: str | Path) -> None:
         """Pin real-set statistics saved by :meth:`save_real_stats`.

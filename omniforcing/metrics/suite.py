@@ -51,9 +51,12 @@ def real_stats_cache_path(cache_dir: str | Path, metric: FrechetDistance, descri
     return Path(cache_dir) / f"real_{metric.name}_{key}.npz"
 
 
+def _is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _is_rank_zero() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
-        torch.distributed.get_rank() == 0
+    return not _is_distributed() or torch.distributed.get_rank() == 0
 
 
 class MetricSuite(nn.Module):
@@ -105,6 +108,16 @@ class MetricSuite(nn.Module):
     def names(self) -> list[str]:
         """Logging names of the active Fréchet metrics (e.g. ``["fd_video_stats", "fvd"]``)."""
         return [metric.name for metric in self.frechet.values()]
+
+    def extractor_info(self) -> dict[str, dict[str, str | int | bool | None]]:
+        """Per active Fréchet metric (logging name): extractor name, fingerprint, reference flag, weight sha256, dim.
+
+        Record it next to every value: only equal fingerprints give comparable numbers.
+        """
+        return {metric.name: {"extractor": metric.extractor.name, "fingerprint": metric.extractor.fingerprint,
+                              "reference": metric.extractor.is_reference, "dim": metric.extractor.dim,
+                              "weights_sha256": metric.extractor.weight_sha256}
+                for metric in self.frechet.values()}
 
     def _fail(self, what: str, error: Exception) -> None:
         self.failures[what] += 1
@@ -185,8 +198,8 @@ class MetricSuite(nn.Module):
             self._fail(f"{metric.name} real statistics", ValueError(f"only {stats.count} real feature vectors"))
             return
         metric.pin_real_stats(stats)
-        if _is_rank_zero():
-            metric.save_real_stats(path, description)
+        if _is_rank_zero():  # the merged stats in hand: writing must not start another (rank-0-only) collective
+            metric.save_real_stats(path, description, stats)
 
     def compute(self) -> dict[str, float]:
         """Flat dict of finite scalars (merged over processes).
@@ -200,7 +213,8 @@ class MetricSuite(nn.Module):
         for metric in self.frechet.values():
             values.update(self._compute_frechet(metric))
         for metric in self.sync.values():
-            if not metric.update_called:
+            # under DDP every rank must take part in the sync, also a rank that saw no clip
+            if not metric.update_called and not _is_distributed():
                 continue
             for name, value in metric.compute().items():
                 if math.isfinite(float(value)):
