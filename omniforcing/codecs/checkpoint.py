@@ -1,0 +1,172 @@
+"""Saving and loading codecs: safetensors weights plus a JSON record of the constructor arguments.
+
+``save_codec(codec, "runs/codecs/video_ae.safetensors")`` writes the weights (including the latent
+normalisation statistics, which are buffers) and ``video_ae.json`` beside them::
+
+    {"class_path": "omniforcing.codecs.video_autoencoder.CausalVideoAutoencoder",
+     "init_args": {"size": 32, "latent_channels": 16, ...}}
+
+A recipe then rebuilds the codec by class path with ``init_args: {checkpoint: path}``; the codec's
+``__init__`` calls :func:`load_codec_weights`, which checks the JSON record against the arguments it was
+built with and the tensor names and shapes against its ``state_dict`` (and names every difference).
+:func:`load_codec` rebuilds a codec from the JSON alone. Nothing is ever unpickled: weights come from
+safetensors, or from ``torch.load(weights_only=True)`` for plain ``.pt``/``.ckpt`` state dicts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from omniforcing.codecs.base import AudioCodec, AVCodec, VideoCodec
+
+CODEC_BASES = (VideoCodec, AudioCodec, AVCodec)
+
+
+def codec_config(codec: nn.Module) -> dict[str, Any]:
+    """``{"class_path", "init_args"}`` of a codec, nested for :class:`AVCodec` and codecs holding codecs.
+
+    Codec classes record their constructor arguments (without ``checkpoint``) in ``self.init_args``.
+    """
+    if isinstance(codec, AVCodec) and not hasattr(codec, "init_args"):
+        args: dict[str, Any] = {"video": codec.video, "audio": codec.audio}
+    elif hasattr(codec, "init_args"):
+        args = dict(codec.init_args)
+    else:
+        raise TypeError(f"{type(codec).__name__} does not record its init_args; it cannot be saved as a codec")
+    args = {k: codec_config(v) if isinstance(v, nn.Module) else v for k, v in args.items()}
+    return {"class_path": f"{type(codec).__module__}.{type(codec).__qualname__}", "init_args": args}
+
+
+def config_path(weights_path: str | Path) -> Path:
+    """The JSON record that belongs to a weights file (same stem, ``.json``)."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_codec(codec: nn.Module, path: str | Path) -> Path:
+    """Write ``codec``'s weights and buffers to ``path`` (safetensors) and its config to ``path.json``.
+
+    Args:
+        codec: a :class:`VideoCodec`, :class:`AudioCodec` or :class:`AVCodec`.
+        path: the ``.safetensors`` file to write; parent folders are created.
+
+    Returns:
+        The path of the weights file.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"save_codec writes safetensors; give a path ending in .safetensors, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": "omniforcing-codec"})
+    config_path(path).write_text(json.dumps(codec_config(codec), indent=2) + "\n")
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Tensors of a safetensors file, or of a torch file loaded with ``weights_only=True``.
+
+    A torch file may hold the state dict itself or ``{"state_dict": ...}`` (a Lightning checkpoint).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if the file is not a readable weights file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"codec checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"codec checkpoint {path} is not a readable safetensors file: {err}") from err
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a bad file
+        raise ValueError(f"codec checkpoint {path} is neither safetensors nor a torch weights file: {err}") from err
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict) or not all(isinstance(v, Tensor) for v in payload.values()):
+        raise ValueError(f"codec checkpoint {path} does not hold a state dict of tensors")
+    return payload
+
+
+def load_codec_weights(codec: nn.Module, path: str | Path) -> None:
+    """Load weights and normalisation statistics into ``codec``, strictly.
+
+    If ``path.json`` exists, its class path and init args must equal the codec's own.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: unreadable file, config mismatch, missing/unexpected keys or shape mismatches (all named).
+    """
+    _check_config(codec, path)
+    state = read_state_dict(path)
+    own = codec.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs codec {tuple(own[k].shape)}"
+                   for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"codec checkpoint {path} does not match {type(codec).__name__}: "
+            f"missing keys {_short(missing)}; unexpected keys {_short(unexpected)}; shape mismatches {wrong_shape}"
+        )
+    codec.load_state_dict(state, strict=True)
+
+
+def _short(keys: list[str], limit: int = 12) -> str:
+    return str(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _check_config(codec: nn.Module, path: str | Path) -> None:
+    record_path = config_path(path)
+    if not record_path.is_file():
+        return
+    record = json.loads(record_path.read_text())
+    own = codec_config(codec)
+    if record.get("class_path") != own["class_path"]:
+        raise ValueError(f"codec checkpoint {path} was saved from {record.get('class_path')}, "
+                         f"not {own['class_path']} (see {record_path})")
+    saved, built = record.get("init_args", {}), own["init_args"]
+    differ = [f"{k}: saved {saved.get(k)!r}, built {built.get(k)!r}"
+              for k in sorted(set(saved) | set(built)) if _normal(saved.get(k)) != _normal(built.get(k))]
+    if differ:
+        raise ValueError(f"codec checkpoint {path} was saved with other init_args than this codec was built "
+                         f"with: {differ}; set them as in {record_path}")
+
+
+def _normal(value: Any) -> Any:
+    """JSON round trip so tuples and lists compare equal."""
+    return json.loads(json.dumps(value))
+
+
+def build_codec(config: dict[str, Any]) -> nn.Module:
+    """Instantiate a codec from ``{"class_path", "init_args"}`` (nested configs are built first).
+
+    Only subclasses of :class:`VideoCodec`, :class:`AudioCodec` or :class:`AVCodec` may be built.
+    """
+    module_name, _, class_name = config["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, CODEC_BASES)):
+        raise ValueError(f"{config['class_path']} is not a codec class (VideoCodec, AudioCodec or AVCodec)")
+    args = {k: build_codec(v) if isinstance(v, dict) and "class_path" in v else v
+            for k, v in config.get("init_args", {}).items()}
+    return cls(**args)
+
+
+def load_codec(path: str | Path) -> nn.Module:
+    """Rebuild a codec saved by :func:`save_codec` from ``path`` and its ``.json`` record, in eval mode."""
+    record_path = config_path(path)
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path} (the codec's config record written by save_codec) is missing")
+    codec = build_codec(json.loads(record_path.read_text()))
+    load_codec_weights(codec, path)
+    return codec.eval()
