@@ -1,0 +1,1 @@
+"""One-command pipelines chaining training stages, export and generation (each a ``python -m`` entry point)."""
