@@ -11,6 +11,10 @@ A recipe then rebuilds the codec by class path with ``init_args: {checkpoint: pa
 built with and the tensor names and shapes against its ``state_dict`` (and names every difference).
 :func:`load_codec` rebuilds a codec from the JSON alone. Nothing is ever unpickled: weights come from
 safetensors, or from ``torch.load(weights_only=True)`` for plain ``.pt``/``.ckpt`` state dicts.
+
+A Lightning checkpoint of codec training (``omniforcing.training.CodecLitModule``, ``omniforcing fit -c
+recipes/codec/...``) is accepted wherever a weights file is: its ``codec.*`` tensors are the codec's state and
+its ``codec_config`` entry plays the role of the JSON record.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ from torch import Tensor, nn
 from omniforcing.codecs.base import AudioCodec, AVCodec, VideoCodec
 
 CODEC_BASES = (VideoCodec, AudioCodec, AVCodec)
+LIGHTNING_CODEC_PREFIX = "codec."
+"""Prefix of the codec's tensors in a Lightning checkpoint's ``state_dict`` (the module attribute ``codec``)."""
+CHECKPOINT_CONFIG_KEY = "codec_config"
+"""Entry of a codec-training Lightning checkpoint holding the codec's ``{"class_path", "init_args"}`` record."""
 
 
 def codec_config(codec: nn.Module) -> dict[str, Any]:
@@ -73,7 +81,8 @@ def save_codec(codec: nn.Module, path: str | Path) -> Path:
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors of a safetensors file, or of a torch file loaded with ``weights_only=True``.
 
-    A torch file may hold the state dict itself or ``{"state_dict": ...}`` (a Lightning checkpoint).
+    A torch file may hold the state dict itself or ``{"state_dict": ...}`` (a Lightning checkpoint); of a
+    Lightning state dict that holds ``codec.*`` tensors only those are returned, without the prefix.
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -93,6 +102,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise ValueError(f"codec checkpoint {path} is neither safetensors nor a torch weights file: {err}") from err
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]
+        if any(k.startswith(LIGHTNING_CODEC_PREFIX) for k in payload):
+            payload = {k[len(LIGHTNING_CODEC_PREFIX):]: v for k, v in payload.items()
+                       if k.startswith(LIGHTNING_CODEC_PREFIX)}
     if not isinstance(payload, dict) or not all(isinstance(v, Tensor) for v in payload.values()):
         raise ValueError(f"codec checkpoint {path} does not hold a state dict of tensors")
     return payload
@@ -101,7 +113,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 def load_codec_weights(codec: nn.Module, path: str | Path) -> None:
     """Load weights and normalisation statistics into ``codec``, strictly.
 
-    If ``path.json`` exists, its class path and init args must equal the codec's own.
+    If ``path.json`` exists (or, for a codec-training Lightning checkpoint, its ``codec_config``), its class path
+    and init args must equal the codec's own.
 
     Raises:
         FileNotFoundError: the file is missing.
@@ -126,21 +139,40 @@ def _short(keys: list[str], limit: int = 12) -> str:
     return str(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def _check_config(codec: nn.Module, path: str | Path) -> None:
+def saved_config(path: str | Path) -> tuple[dict[str, Any] | None, str]:
+    """The config record saved with a codec's weights, and where it was found (for messages).
+
+    ``path.json`` beside the weights (written by :func:`save_codec`), else the ``codec_config`` entry of a
+    Lightning checkpoint written by codec training; ``(None, "")`` when there is neither.
+    """
     record_path = config_path(path)
-    if not record_path.is_file():
+    if record_path.is_file():
+        return json.loads(record_path.read_text()), str(record_path)
+    if Path(path).suffix == ".ckpt" and Path(path).is_file():
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several unrelated types for a bad file
+            raise ValueError(f"codec checkpoint {path} is not a torch weights file: {err}") from err
+        record = payload.get(CHECKPOINT_CONFIG_KEY) if isinstance(payload, dict) else None
+        if isinstance(record, dict):
+            return record, f"the '{CHECKPOINT_CONFIG_KEY}' entry of {path}"
+    return None, ""
+
+
+def _check_config(codec: nn.Module, path: str | Path) -> None:
+    record, where = saved_config(path)
+    if record is None:
         return
-    record = json.loads(record_path.read_text())
     own = codec_config(codec)
     if record.get("class_path") != own["class_path"]:
         raise ValueError(f"codec checkpoint {path} was saved from {record.get('class_path')}, "
-                         f"not {own['class_path']} (see {record_path})")
+                         f"not {own['class_path']} (see {where})")
     saved, built = record.get("init_args", {}), own["init_args"]
     differ = [f"{k}: saved {saved.get(k)!r}, built {built.get(k)!r}"
               for k in sorted(set(saved) | set(built)) if _normal(saved.get(k)) != _normal(built.get(k))]
     if differ:
         raise ValueError(f"codec checkpoint {path} was saved with other init_args than this codec was built "
-                         f"with: {differ}; set them as in {record_path}")
+                         f"with: {differ}; set them as in {where}")
 
 
 def _normal(value: Any) -> Any:
@@ -163,10 +195,16 @@ def build_codec(config: dict[str, Any]) -> nn.Module:
 
 
 def load_codec(path: str | Path) -> nn.Module:
-    """Rebuild a codec saved by :func:`save_codec` from ``path`` and its ``.json`` record, in eval mode."""
-    record_path = config_path(path)
-    if not record_path.is_file():
-        raise FileNotFoundError(f"{record_path} (the codec's config record written by save_codec) is missing")
-    codec = build_codec(json.loads(record_path.read_text()))
+    """Rebuild a codec from ``path`` and its config record, in eval mode.
+
+    ``path`` is a ``.safetensors`` file from :func:`save_codec` (with its ``.json`` record) or a Lightning
+    ``.ckpt`` of codec training (which holds the record as ``codec_config``).
+    """
+    record, _ = saved_config(path)
+    if record is None:
+        raise FileNotFoundError(f"{config_path(path)} (the codec's config record written by save_codec) is missing"
+                                + (f" and {path} holds no '{CHECKPOINT_CONFIG_KEY}'" if Path(path).suffix == ".ckpt"
+                                   else ""))
+    codec = build_codec(record)
     load_codec_weights(codec, path)
     return codec.eval()

@@ -1,15 +1,26 @@
-"""``omniforcing generate``: prompt -> mp4 with sound, from a checkpoint, an exported folder or a reference name."""
+"""``omniforcing generate``: prompt -> mp4 with sound, from a checkpoint, an exported folder or a reference name.
+
+A bidirectional model (the teacher) generates the whole clip at once. A causal student streams: blocks are
+generated and decoded one second at a time, appended to a fragmented mp4 that plays while it grows, and
+optionally written raw to a pipe (framing in :mod:`omniforcing.inference.raw_stream`).
+"""
 
 from __future__ import annotations
 
+import statistics
+import sys
 import time
 from pathlib import Path
+from typing import Literal, TextIO
 
 import torch
 
-from omniforcing.data.media import write_mp4
+from omniforcing.data.media import StreamingMp4Writer, write_mp4
 from omniforcing.inference.export import load_model
 from omniforcing.inference.generation import generate_teacher_clips
+from omniforcing.inference.raw_stream import AudioFormat, RawStreamHeader, RawStreamWriter
+from omniforcing.inference.stream_settings import settings_from_config
+from omniforcing.inference.streaming import StreamedBlock, StreamingGenerator
 
 
 def resolve_device(device: str) -> torch.device:
@@ -23,31 +34,72 @@ def generate(
     checkpoint: str,
     prompt: str,
     seconds: int,
-    out: Path,
+    out: Path | None = None,
     steps: int | None = None,
     window: float | None = None,
     cfg: float | None = None,
     audio_cfg: float | None = None,
     seed: int = 0,
     device: str = "auto",
+    video_steps: int | None = None,
+    audio_steps: int | None = None,
+    audio_window: float | None = None,
+    step_size: float | None = None,
+    prefix_position: Literal["absolute", "relative"] | None = None,
+    overlap: bool = False,
+    raw: str | None = None,
+    raw_audio: AudioFormat = "f32",
+    threads: int | None = None,
 ) -> None:
-    """Generate one clip for a prompt and write it as an mp4 (H.264 + AAC).
+    """Generate one clip for a prompt and write it as an mp4 (H.264 + AAC); causal students stream it.
 
     Args:
         checkpoint: a Lightning ``.ckpt`` from ``omniforcing fit``, or a folder from ``omniforcing export``.
         prompt: the caption to generate.
         seconds: seconds of content after the lead frame.
-        out: output ``.mp4`` path.
-        steps: sampler steps (default: the model's recorded setting).
-        window: streaming students only: KV-cache window in seconds.
-        cfg: classifier-free guidance scale for video (and audio unless ``audio_cfg`` is given).
+        out: output ``.mp4`` path (written progressively for streaming students).
+        steps: sampler steps of both modalities (default: the model's recorded setting).
+        window: streaming students only: KV-cache window in seconds (default 10; memory and per-block cost
+            stay constant once it is full).
+        cfg: classifier-free guidance scale for video (and audio unless ``audio_cfg`` is given); distilled
+            students default to 1 (no guidance).
         audio_cfg: guidance scale for audio.
         seed: noise seed.
         device: ``auto``, ``cpu`` or ``cuda``.
+        video_steps: streaming: denoising steps of video (overrides ``steps``).
+        audio_steps: streaming: denoising steps of audio (overrides ``steps``; asymmetric steps).
+        audio_window: streaming: audio KV-cache window in seconds (default: ``window``).
+        step_size: streaming: step-size conditioning value for models that need it (Mutual Forcing).
+        prefix_position: streaming: RoPE policy of the pinned prefix, ``absolute`` or ``relative`` (default:
+            the model's).
+        overlap: streaming: generate the next block on a background thread while the current one is decoded
+            and written.
+        raw: streaming: also write raw blocks to this path, ``-`` for stdout (progress then goes to stderr).
+        raw_audio: sample format of the raw audio, ``f32`` or ``s16``.
+        threads: CPU threads for torch (``None``: torch's default). On shared or busy CPUs one thread per
+            process is often faster than several spinning on contended cores.
     """
+    if out is None and raw is None:
+        raise SystemExit("give --out FILE.mp4, --raw PATH (or -), or both")
+    if threads is not None:
+        torch.set_num_threads(threads)
     network, codec, config = load_model(checkpoint, resolve_device(device))
-    if getattr(network, "causal", False):
-        raise SystemExit("streaming generation of causal students is provided by omniforcing.inference.streaming")
+    if not network.causal:
+        if out is None:
+            raise SystemExit("a bidirectional model writes an mp4: give --out")
+        _generate_whole_clip(network, codec, config, prompt, seconds, out, steps, window, cfg, audio_cfg, seed)
+        return
+    settings = settings_from_config(
+        config, video_steps=video_steps or steps, audio_steps=audio_steps or (steps if video_steps else None),
+        window_seconds=window, audio_window_seconds=audio_window, video_cfg=cfg,
+        audio_cfg=audio_cfg if audio_cfg is not None else cfg, step_size=step_size, prefix_position=prefix_position,
+        overlap=overlap)
+    generator = StreamingGenerator(network, codec, settings)
+    _stream(generator, prompt, seconds, seed, out, raw, raw_audio)
+
+
+def _generate_whole_clip(network, codec, config, prompt: str, seconds: int, out: Path, steps: int | None,
+                         window: float | None, cfg: float | None, audio_cfg: float | None, seed: int) -> None:
     if window is not None:
         print("note: --window applies to streaming students; a bidirectional model generates the whole clip")
     start = time.perf_counter()
@@ -60,3 +112,58 @@ def generate(
     write_mp4(out, clips.video[0].numpy(), clips.fps, None if clips.audio is None else clips.audio[0].numpy(),
               clips.sample_rate, pixel_format="yuv420p")
     print(f"wrote {out} ({seconds} s + lead) in {elapsed:.2f} s: whole clip at once (bidirectional model)")
+
+
+def _stream(generator: StreamingGenerator, prompt: str, seconds: int, seed: int, out: Path | None, raw: str | None,
+            raw_audio: AudioFormat) -> None:
+    settings, codec = generator.settings, generator.codec
+    has_video, has_audio = settings.modality != "audio", settings.modality != "video"
+    if out is not None and not has_video:
+        raise SystemExit("this model generates audio only; an mp4 needs a video stream (use --raw)")
+    log: TextIO = sys.stderr if raw == "-" else sys.stdout
+    raw_file = None if raw is None else (sys.stdout.buffer if raw == "-" else open(raw, "wb"))  # noqa: SIM115
+    height, width = codec.video.size if has_video else (0, 0)
+    raw_writer = None if raw_file is None else RawStreamWriter(raw_file, RawStreamHeader(
+        codec.video.fps if has_video else 0, height, width, codec.audio.sample_rate if has_audio else 0,
+        raw_audio if has_audio else None))
+    writer = None if out is None else StreamingMp4Writer(out, codec.video.fps,
+                                                         codec.audio.sample_rate if has_audio else 0)
+    print(f"streaming {seconds} s + lead in {generator.num_blocks(seconds)} blocks: video steps "
+          f"{list(settings.video_times)}, audio steps {list(settings.audio_times or settings.video_times)}, "
+          f"window {settings.window_seconds} s, cfg {settings.video_cfg}/{settings.audio_cfg}", file=log)
+    blocks: list[StreamedBlock] = []
+    try:
+        for block in generator.stream(prompt, seconds, seed):
+            if writer is not None:
+                writer.write(block.video, block.audio)
+            if raw_writer is not None:
+                raw_writer.write(block.index, block.video, block.audio)
+            blocks.append(_without_media(block))
+            print(f"block {block.index:4d}  media {block.start_seconds:7.2f} s +{block.seconds:.2f}  "
+                  f"generate {block.generate_ms:7.1f} ms  decode {block.decode_ms:6.1f} ms  "
+                  f"ready at {block.ready_seconds:7.2f} s", file=log, flush=True)
+    finally:
+        if writer is not None:
+            writer.close()
+        if raw_file is not None and raw != "-":
+            raw_file.close()
+    _summary(blocks, out, raw, log)
+
+
+def _without_media(block: StreamedBlock) -> StreamedBlock:
+    """Keep only the timings of a block (the media are written already; memory stays bounded)."""
+    block.video = block.audio = None
+    return block
+
+
+def _summary(blocks: list[StreamedBlock], out: Path | None, raw: str | None, log: TextIO) -> None:
+    wall = blocks[-1].ready_seconds
+    media = blocks[-1].start_seconds + blocks[-1].seconds
+    latency = [b.generate_ms + b.decode_ms for b in blocks[1:]] or [blocks[0].generate_ms + blocks[0].decode_ms]
+    print(f"time to first block {blocks[0].ready_seconds:.3f} s; per-block latency (generate + decode) median "
+          f"{statistics.median(latency):.1f} ms, max {max(latency):.1f} ms; real-time factor {wall / media:.3f} "
+          f"({media:.2f} s of media in {wall:.2f} s; < 1 is faster than real time); KV cache "
+          f"{blocks[-1].cache_bytes / 2**20:.2f} MiB", file=log)
+    targets = [str(t) for t in (out, None if raw in (None, "-") else raw) if t is not None]
+    if targets:
+        print(f"wrote {', '.join(targets)}", file=log)

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from omniforcing.diffusion.flow import add_noise, x0_from_velocity
+from omniforcing.diffusion.guidance import classifier_free_guidance
 from omniforcing.diffusion.samplers import fresh_noise
-from omniforcing.inference.denoise import per_frame_time
 from omniforcing.models.kv_cache import AVKVCache
 from omniforcing.models.layout import block_start
 from omniforcing.models.parallelize import checkpoint_cached_forward
@@ -61,9 +61,29 @@ def block_noise(shape: BlockShape, batch_size: int, generator: torch.Generator |
     return AVLatents(draw(shape.video), draw(shape.audio))
 
 
-def _cached_velocity(network: nn.Module, x: AVLatents, t: Tensor, text: TextContext, cache: AVKVCache, block: int,
-                     step_size: Tensor | None, commit: bool = False, checkpointed: bool = False) -> AVLatents:
-    tt = per_frame_time(t, x)
+@dataclass(frozen=True)
+class BlockGuidance:
+    """Classifier-free guidance in the block loop: the unconditional branch has its own text context and cache.
+
+    Args:
+        null_text: context of the null prompt (``network.encode_text(captions, drop=all True)``); every call on
+            ``null_cache`` passes this same object.
+        null_cache: KV cache whose history was computed with ``null_text``.
+        video_scale: CFG scale of video (``omniforcing.diffusion.guidance`` convention, 1 = none).
+        audio_scale: CFG scale of audio.
+    """
+
+    null_text: TextContext
+    null_cache: AVKVCache
+    video_scale: float = 1.0
+    audio_scale: float = 1.0
+
+
+def _cached_velocity(network: nn.Module, x: AVLatents, t: AVLatents, text: TextContext, cache: AVKVCache,
+                     block: int, step_size: Tensor | None, commit: bool = False,
+                     checkpointed: bool = False) -> AVLatents:
+    """One cached backbone call; ``t`` holds one ``(B,)`` time per present modality."""
+    tt = x.zip_map(t, lambda m, tm: tm[:, None].to(m.device).expand(m.shape[0], m.shape[1]))
     args = (x.video, x.audio, tt.video, tt.audio, text)
     kwargs = dict(block=block, commit=commit, step_size=step_size)
     if checkpointed:
@@ -73,13 +93,45 @@ def _cached_velocity(network: nn.Module, x: AVLatents, t: Tensor, text: TextCont
     return AVLatents(video, audio)
 
 
+def _guided_velocity(network: nn.Module, x: AVLatents, t: AVLatents, text: TextContext, cache: AVKVCache,
+                     block: int, step_size: Tensor | None, guidance: BlockGuidance | None,
+                     checkpointed: bool = False) -> AVLatents:
+    cond = _cached_velocity(network, x, t, text, cache, block, step_size, checkpointed=checkpointed)
+    if guidance is None:
+        return cond
+    uncond = _cached_velocity(network, x, t, guidance.null_text, guidance.null_cache, block, step_size)
+    return AVLatents(
+        None if cond.video is None else classifier_free_guidance(cond.video, uncond.video, guidance.video_scale),
+        None if cond.audio is None else classifier_free_guidance(cond.audio, uncond.audio, guidance.audio_scale),
+    )
+
+
+def modality_times(noise: AVLatents, times: list[float], audio_times: list[float] | None) -> dict[str, list[float]]:
+    """Few-step times per present modality (``audio_times=None``: audio uses ``times`` too)."""
+    schedule = {"video": [float(t) for t in times],
+                "audio": [float(t) for t in (times if audio_times is None else audio_times)]}
+    schedule = {name: schedule[name] for name, _ in noise.items()}
+    for name, values in schedule.items():
+        if not values or min(values) <= 0.0 or any(b >= a for a, b in zip(values, values[1:])):
+            raise ValueError(f"{name} few-step times must be non-empty, decreasing and > 0, got {values}")
+    return schedule
+
+
 def denoise_block(network: nn.Module, text: TextContext, cache: AVKVCache, block: int, noise: AVLatents,
                   times: list[float], *, step_size: Tensor | None = None, generator: torch.Generator | None = None,
-                  grad_step: int | None = None, checkpoint_grad_step: bool = True) -> AVLatents:
+                  grad_step: int | None = None, checkpoint_grad_step: bool = True,
+                  audio_times: list[float] | None = None, guidance: BlockGuidance | None = None) -> AVLatents:
     """Few-step denoising of one block against the cached history (the cache is not modified).
 
     Implements the inner loop of Self-Forcing (ALGORITHMS.md §5.2): ``x0 = x - t_k v``; re-noise with fresh noise
     to ``t_{k+1}``; the last step returns ``x0``.
+
+    Asymmetric steps (``audio_times`` differing from ``times``): the block runs ``max(len(times),
+    len(audio_times))`` joint forwards, both schedules starting at the first. A modality whose schedule has
+    ended is held at its clean estimate at ``t = 0`` (exactly what the commit forward will store), so the
+    other modality keeps attending to the finished result; its outputs are discarded. A joint forward cannot
+    drop a modality (that would also drop cross-modal attention), so this saves no backbone compute against
+    the longer schedule; it sets each modality's sampling schedule.
 
     Args:
         network: causal backbone.
@@ -87,47 +139,72 @@ def denoise_block(network: nn.Module, text: TextContext, cache: AVKVCache, block
         cache: committed history; ``cache.next_block`` must equal ``block``.
         block: macro-block index.
         noise: pure noise of the block's shape (:func:`block_noise`).
-        times: few-step times, decreasing, all ``> 0``.
+        times: few-step times, decreasing, all ``> 0`` (video, and audio unless ``audio_times`` is given).
         step_size: ``(B,)`` mode conditioning for step-size-conditioned models (Mutual Forcing).
-        generator: source of the re-noising noise.
+        generator: source of the re-noising noise (drawn video first, then audio, at each step).
         grad_step: when given, steps before it run under ``no_grad``, this step runs with gradient and its
             ``x0`` is returned at once (Self-Forcing's random exit step); when ``None`` every step runs in the
-            caller's grad mode.
+            caller's grad mode. Not combinable with ``audio_times`` or ``guidance``.
         checkpoint_grad_step: activation-checkpoint the gradient step with the cache snapshotted.
+        audio_times: few-step times of audio when they differ from ``times``.
+        guidance: classifier-free guidance with a second cache (:class:`BlockGuidance`).
 
     Returns:
         The block's clean estimate (``(B, Tv_k, C, h, w)`` / ``(B, Ta_k, C)``).
     """
+    if grad_step is not None and (audio_times is not None or guidance is not None):
+        raise ValueError("grad_step (training) cannot be combined with audio_times or guidance")
+    schedule = modality_times(noise, times, audio_times)
     if grad_step is not None and not 0 <= grad_step < len(times):
         raise ValueError(f"grad_step {grad_step} outside the {len(times)} denoising steps")
-    x = noise
-    batch = noise.batch_size
-    device = noise.items()[0][1].device
-    for k, t_now in enumerate(times):
-        t = torch.full((batch,), float(t_now), device=device)
-        with_grad = grad_step is None or k == grad_step
-        with torch.set_grad_enabled(torch.is_grad_enabled() and with_grad):
-            v = _cached_velocity(network, x, t, text, cache, block, step_size,
+    x = dict(noise.items())
+    clean: dict[str, Tensor] = {}
+    batch, device = noise.batch_size, noise.items()[0][1].device
+    for k in range(max(len(values) for values in schedule.values())):
+        t = {name: values[k] if k < len(values) else 0.0 for name, values in schedule.items()}
+        inputs = AVLatents(*(_step_input(name, k, schedule, x, clean) for name in ("video", "audio")))
+        t_now = AVLatents(*(None if name not in t else torch.full((batch,), t[name], device=device)
+                            for name in ("video", "audio")))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (grad_step is None or k == grad_step)):
+            v = _guided_velocity(network, inputs, t_now, text, cache, block, step_size, guidance,
                                  checkpointed=grad_step == k and checkpoint_grad_step and torch.is_grad_enabled())
-            x0 = x.zip_map(v, lambda xm, vm: x0_from_velocity(xm, vm, t))
-        if k == len(times) - 1 or k == grad_step:
-            return x0
-        t_next = torch.full((batch,), float(times[k + 1]), device=device)
-        x = x0.map(lambda m: add_noise(m.detach(), fresh_noise(m, generator), t_next))
-    raise AssertionError("unreachable")
+            x0 = {name: x0_from_velocity(m, vm, tm) for (name, m), (_, vm), (_, tm)
+                  in zip(inputs.items(), v.items(), t_now.items()) if k < len(schedule[name])}
+        if k == grad_step:
+            return AVLatents(x0.get("video"), x0.get("audio"))
+        for name, estimate in x0.items():  # video before audio: the order of the noise draws
+            if k == len(schedule[name]) - 1:
+                clean[name] = estimate
+            else:
+                t_next = torch.full((batch,), schedule[name][k + 1], device=device)
+                x[name] = add_noise(estimate.detach(), fresh_noise(estimate, generator), t_next)
+    return AVLatents(clean.get("video"), clean.get("audio"))
+
+
+def _step_input(name: str, k: int, schedule: dict[str, list[float]], x: dict[str, Tensor],
+                clean: dict[str, Tensor]) -> Tensor | None:
+    """The modality's noisy state while its schedule runs, its clean estimate after (``None`` if absent)."""
+    if name not in schedule:
+        return None
+    return x[name] if k < len(schedule[name]) else clean[name].detach()
 
 
 @torch.no_grad()
 def commit_block(network: nn.Module, text: TextContext, cache: AVKVCache, block: int, x0: AVLatents, *,
                  context_time: float = 0.0, step_size: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, guidance: BlockGuidance | None = None) -> None:
     """Write the block's clean output into the cache (clean-context refresh, ALGORITHMS.md §5.2).
 
     The block is re-noised to ``context_time`` (0 = exactly clean) and run once with ``commit=True``; the cache
-    stores detached keys/values, so no gradient ever flows into the past.
+    stores detached keys/values, so no gradient ever flows into the past. With ``guidance`` the same input is
+    also committed to the unconditional branch's cache (with the null text).
     """
     x0 = x0.detach()
-    t = torch.full((x0.batch_size,), float(context_time), device=x0.items()[0][1].device)
+    batch, device = x0.batch_size, x0.items()[0][1].device
+    time = torch.full((batch,), float(context_time), device=device)
+    t = x0.map(lambda _: time)
     if context_time > 0:
-        x0 = x0.map(lambda m: add_noise(m, fresh_noise(m, generator), t))
+        x0 = x0.map(lambda m: add_noise(m, fresh_noise(m, generator), time))
     _cached_velocity(network, x0, t, text, cache, block, step_size, commit=True)
+    if guidance is not None:
+        _cached_velocity(network, x0, t, guidance.null_text, guidance.null_cache, block, step_size, commit=True)

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from omniforcing.models.layout import BlockLayout, PrefixLayout
 from omniforcing.models.rope import RopeTables, RotaryEmbedding
+
+SinkRope = Literal["identity", "position0"]
 
 
 @dataclass(frozen=True)
@@ -47,14 +50,19 @@ class TokenGeometry:
         video_grid: ``(h, w)`` tokens per video latent.
         video_rope: RoPE of video self-attention (axes: seconds, row, column).
         audio_rope: RoPE of audio self-attention, also used by cross-modal attention (same head width).
+        sink_rope: ``"identity"`` (sinks are not rotated, the paper's constraint) or ``"position0"`` (sinks are
+            rotated like a token at time 0: the ablation of identity RoPE).
     """
 
     def __init__(self, prefix: PrefixLayout, video_grid: tuple[int, int], video_rope: RotaryEmbedding,
-                 audio_rope: RotaryEmbedding) -> None:
+                 audio_rope: RotaryEmbedding, sink_rope: SinkRope = "identity") -> None:
+        if sink_rope not in ("identity", "position0"):
+            raise ValueError(f"sink_rope must be 'identity' or 'position0', got {sink_rope!r}")
         self.grid = BlockLayout(1, 1, prefix)  # only its index arithmetic is used
         self.video_grid = video_grid
         self.video_rope = video_rope
         self.audio_rope = audio_rope
+        self.sink_rope = sink_rope
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - lives as long as its model
     def video(self, first: int, count: int, device: torch.device, dtype: torch.dtype) -> StreamTokens:
@@ -83,6 +91,8 @@ class TokenGeometry:
         index = torch.arange(first, first + count)
         time = torch.cat([torch.zeros(sinks, dtype=torch.float64), self.grid.audio_spans_of(index).mean(-1)])
         identity = torch.arange(sinks + count) < sinks  # explicit identity rotation (ALGORITHMS.md §6.3)
+        if self.sink_rope == "position0":
+            identity = torch.zeros_like(identity)  # ablation: sinks rotated at time 0 like the first latent
         tables = self.audio_rope.tables(time[:, None].to(device), identity.to(device), dtype=dtype)
         blocks = torch.cat([torch.zeros(sinks, dtype=torch.long), self.grid.audio_blocks_of(index)]).to(device)
         return StreamTokens(blocks, tables, tables)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from omniforcing.models.geometry import TokenGeometry
+from omniforcing.models.geometry import SinkRope, TokenGeometry
 from omniforcing.models.kv_cache import AVKVCache, PrefixPosition
 from omniforcing.models.layers import RMSNorm, TimestepEmbedding, modulate
 from omniforcing.models.layout import (
@@ -105,6 +105,8 @@ class DualStreamTransformer(nn.Module):
         rope_base: ratio between the highest and lowest RoPE frequency.
         prefix_position: ``"absolute"`` or ``"relative"`` placement of the pinned prefix when a cached
             stream has moved past its window (see :mod:`omniforcing.models.kv_cache`).
+        sink_rope: ``"identity"`` (the paper's identity RoPE for sinks) or ``"position0"`` (sinks rotated as
+            a token at time 0; the OmniForcing ablation "sinks with RoPE").
     """
 
     def __init__(self, *, video_channels: int = 16, video_grid: tuple[int, int] = (4, 4), audio_channels: int = 32,
@@ -113,7 +115,7 @@ class DualStreamTransformer(nn.Module):
                  text_heads: int = 4, text_max_length: int = 64, mlp_ratio: float = 4.0, num_audio_sinks: int = 0,
                  prefix: PrefixLayout = "v1", causal: bool = False, step_size_conditioning: bool = False,
                  rope_max_seconds: float = 20.0, rope_base: float = 10000.0,
-                 prefix_position: PrefixPosition = "absolute") -> None:
+                 prefix_position: PrefixPosition = "absolute", sink_rope: SinkRope = "identity") -> None:
         super().__init__()
         if prefix not in ("v1", "v2"):
             raise ValueError(f"prefix must be 'v1' or 'v2', got {prefix!r}")
@@ -142,7 +144,8 @@ class DualStreamTransformer(nn.Module):
         self.geometry = TokenGeometry(prefix, self.video_grid,
                                       RotaryEmbedding(video_width // video_heads, (rope_max_seconds, *self.video_grid),
                                                       rope_base),
-                                      RotaryEmbedding(audio_width // audio_heads, (rope_max_seconds,), rope_base))
+                                      RotaryEmbedding(audio_width // audio_heads, (rope_max_seconds,), rope_base),
+                                      sink_rope)
 
     # ---------------------------------------------------------------- public helpers
     @property

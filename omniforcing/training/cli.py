@@ -1,7 +1,9 @@
 """LightningCLI for ``omniforcing fit|validate|test|predict`` with composable YAML recipes.
 
-Subclass mode for model and data: a recipe picks any method module and datamodule by ``class_path``. The clip
-geometry is linked from the datamodule to the module, so it is stated once (``data.init_args.clip``).
+Subclass mode for model and data: a recipe picks any LightningModule (a method module, or codec training's
+:class:`~omniforcing.training.codec.CodecLitModule`) and datamodule by ``class_path``. The clip geometry is
+linked from the datamodule to the module, so it is stated once (``data.init_args.clip``); every module takes
+a ``clip`` argument.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from collections.abc import Sequence
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
-
-from omniforcing.training.base import AVLitModule
 
 
 class OmniCLI(LightningCLI):
@@ -24,7 +24,7 @@ class OmniCLI(LightningCLI):
 def run_lightning_cli(args: Sequence[str] | None) -> OmniCLI:
     """Run a LightningCLI subcommand (``args[0]`` in fit/validate/test/predict; ``None`` reads ``sys.argv``)."""
     return OmniCLI(
-        AVLitModule,
+        L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -1,0 +1,352 @@
+"""Training benchmark: step time and peak memory of every method at one model size, and the data loader's rate
+against what a training step consumes.
+
+Each method is built from its own recipe exactly as ``omniforcing fit`` builds it (``recipes/base.yaml`` +
+synthetic data + the method file + ``recipes/latents/patch.yaml`` + the model preset), with logging,
+checkpointing and callbacks switched off, and trained for a few steps by a Lightning ``Trainer``. A
+method whose module or recipe is not in this checkout gets a "not available" row. Teacher and critic
+checkpoints the distillation stages load are a randomly initialised teacher of the same size, exported
+to a temporary folder (timings do not depend on the weights); Stage II reads ODE pairs that this teacher
+writes with ``omniforcing data ode-pairs`` (8 Euler steps; not timed).
+
+Memory on CPU is the process's resident set size after ``gc.collect()`` and glibc ``malloc_trim`` (so freed
+heap pages do not count): "held" is the size after the warm-up step over the size before the module was
+built (weights, the teacher and critic a stage holds, gradients, optimiser state); "step peak" is the peak
+resident size during the measured steps (``VmHWM``, reset through ``/proc/self/clear_refs`` after the
+warm-up) over the held size (activations and temporaries of a step). On CUDA the same two figures come from
+``torch.cuda.memory_allocated`` and ``max_memory_allocated``. Step times on CUDA are synchronised (untested
+here: this machine has no GPU).
+This module uses Lightning because it benchmarks the Lightning training modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import io
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from omniforcing.bench.report import Report, Table
+from omniforcing.inference.export import NETWORK_NAME, save_exported
+
+log = logging.getLogger(__name__)
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method: its row name, JSON key, recipe files and the overrides that detach it from earlier
+    runs."""
+
+    name: str
+    key: str
+    recipes: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+    data: str = "data/synthetic.yaml"
+
+
+METHODS = (
+    Method("teacher: flow matching (bidirectional)", "teacher", ("teacher/joint.yaml",)),
+    Method("OmniForcing I: DMD (bidirectional, few-step)", "dmd", ("omniforcing/stage1_dmd.yaml",),
+           ("--model.init_args.teacher_from={teacher}", "--model.init_args.init_from={teacher_weights}")),
+    Method("OmniForcing II: ODE regression (causal)", "ode_regression", ("omniforcing/stage2_ode.yaml",),
+           ("--model.init_args.init_from=null", "--data.init_args.train_shards={ode_pairs}",
+            "--data.init_args.val_shards=null"), data="omniforcing/data/ode_pairs.yaml"),
+    Method("OmniForcing III: Self-Forcing DMD (causal rollout)", "self_forcing",
+           ("omniforcing/stage3_self_forcing.yaml",),
+           ("--model.init_args.teacher_from={teacher}", "--model.init_args.init_from=null")),
+    Method("Mutual Forcing (causal, dual mode)", "mutual_forcing", ("mutual_forcing/joint.yaml",),
+           ("--model.init_args.init_video_from=null", "--model.init_args.init_audio_from=null")),
+)
+
+
+@dataclass
+class StepTimer(L.Callback):
+    """Records the wall time of every training batch and the peak memory after ``warmup`` batches."""
+
+    warmup: int
+    seconds: list[float] = field(default_factory=list)
+    baseline_bytes: int = 0
+    peak_bytes: int = 0
+    _start: float = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if batch_idx == self.warmup:
+            self.baseline_bytes = reset_peak_memory(pl_module.device)
+        _synchronize(pl_module.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        _synchronize(pl_module.device)
+        if batch_idx >= self.warmup:
+            self.seconds.append(time.perf_counter() - self._start)
+        self.peak_bytes = peak_memory(pl_module.device)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _status_kib(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field_name} not in /proc/self/status")
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so that the resident
+    size reflects live memory."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the resident size then also holds freed pages
+        log.info("malloc_trim unavailable; memory figures include freed heap pages")
+
+
+def current_memory(device: torch.device) -> int:
+    """Bytes in use now: allocated CUDA memory, or the process's resident size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return _status_kib("VmRSS") * 1024
+
+
+def reset_peak_memory(device: torch.device) -> int:
+    """Reset the peak-memory counter; returns the current memory in bytes (see the module docstring)."""
+    release_memory()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS (Linux)
+    return current_memory(device)
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak memory in bytes since :func:`reset_peak_memory`."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return _status_kib("VmHWM") * 1024
+
+
+@dataclass(frozen=True)
+class TrainingBenchConfig:
+    """Sizes of one run."""
+
+    preset: str
+    clip_seconds: int
+    batch_size: int
+    warmup: int
+    steps: int
+
+    @classmethod
+    def make(cls, quick: bool) -> TrainingBenchConfig:
+        # 6 measured steps cover one generator update and five critic updates of the DMD stages
+        return cls("tiny", 1, 2, 1, 2) if quick else cls("small", 2, 2, 1, 6)
+
+
+def cli_args(method: Method, config: TrainingBenchConfig, paths: dict[str, str], root: Path) -> list[str]:
+    """LightningCLI arguments that build ``method`` from its recipes at the bench's size."""
+    files = ["base.yaml", method.data, *method.recipes, "latents/patch.yaml", f"model/{config.preset}.yaml"]
+    args = [a for f in files for a in ("-c", str(RECIPES / f))]
+    args += [o.format(**paths) for o in method.overrides]
+    args += [f"--data.init_args.clip.seconds={config.clip_seconds}", f"--data.init_args.batch_size={config.batch_size}",
+             "--data.init_args.num_workers=0", "--trainer.logger=false", "--trainer.callbacks=[]",
+             "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
+             "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=0", "--trainer.max_steps=-1",
+             "--trainer.max_epochs=1", f"--trainer.limit_train_batches={config.warmup + config.steps}",
+             f"--trainer.default_root_dir={root}"]
+    if method.data == "data/synthetic.yaml":
+        args.append(f"--data.init_args.train_clips={config.batch_size * (config.warmup + config.steps + 1)}")
+    return args
+
+
+def build(method: Method, config: TrainingBenchConfig, paths: dict[str, str], root: Path):
+    """``(module, datamodule, trainer)`` from the method's recipes (nothing runs)."""
+    from omniforcing.training.cli import OmniCLI
+    from omniforcing.training.base import AVLitModule
+
+    with warnings.catch_warnings():  # it warns that sys.argv (the bench's own) is not what it parses
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = OmniCLI(AVLitModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                      args=cli_args(method, config, paths, root), run=False, save_config_callback=None)
+    return cli.model, cli.datamodule, cli.trainer, cli.config
+
+
+def export_teacher(config: TrainingBenchConfig, root: Path) -> Path:
+    """A randomly initialised teacher of the bench's size, exported so the distillation stages can load it."""
+    model, _, _, parsed = build(METHODS[0], config, {}, root)
+    trees = parsed["model"]["init_args"]
+    tree = {"network": trees["network"].as_dict(), "codec": trees["codec"].as_dict(),
+            "method_args": {"sample_steps": model.sample_steps, "video_cfg": model.video_cfg,
+                            "audio_cfg": model.audio_cfg, "modality": "joint"}}
+    return save_exported(root / "teacher", model.network, model.codec, tree)
+
+
+def write_ode_pairs(teacher: Path, config: TrainingBenchConfig, root: Path) -> Path:
+    """ODE-pair shards for Stage II from ``teacher`` (enough pairs for the bench's steps)."""
+    from omniforcing.commands.ode_pairs import ode_pairs
+
+    out = root / "ode_pairs"
+    with contextlib.redirect_stdout(io.StringIO()):  # the command reports progress; the bench prints tables
+        ode_pairs(teacher=str(teacher), out=out, count=config.batch_size * (config.warmup + config.steps + 1),
+                  seconds=config.clip_seconds, steps=8, batch_size=config.batch_size, device="cpu")
+    return out
+
+
+@dataclass
+class MethodTiming:
+    """Measured training steps of one method.
+
+    Args:
+        seconds: wall time of each measured step.
+        resident_bytes: memory held after the warm-up step, over the memory before the module was built
+            (weights, teacher and critic, gradients, optimiser state).
+        step_peak_bytes: peak during the measured steps over the memory held after warm-up (activations and
+            temporaries of one step).
+        parameters: parameters of the trained network.
+    """
+
+    seconds: list[float]
+    resident_bytes: int
+    step_peak_bytes: int
+    parameters: int
+
+
+def time_method(method: Method, config: TrainingBenchConfig, paths: dict[str, str], root: Path) -> MethodTiming:
+    """Train ``warmup + steps`` batches (one epoch limited to them: the DMD stages step two optimisers per
+    batch, so ``max_steps`` would count differently) and time the last ``steps``."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    release_memory()
+    before = current_memory(device)
+    module, datamodule, trainer, _ = build(method, config, paths, root / "runs")
+    timer = StepTimer(config.warmup)
+    trainer.callbacks.append(timer)
+    trainer.fit(module, datamodule=datamodule)
+    if len(timer.seconds) != config.steps:
+        raise RuntimeError(f"{method.name}: measured {len(timer.seconds)} steps, expected {config.steps}")
+    parameters = sum(p.numel() for p in module.network.parameters())
+    return MethodTiming(timer.seconds, timer.baseline_bytes - before,
+                        max(0, timer.peak_bytes - timer.baseline_bytes), parameters)
+
+
+def available(method: Method) -> str | None:
+    """``None`` if the method can be built here, else why not (its recipe or module is missing)."""
+    missing = [f for f in (method.data, *method.recipes) if not (RECIPES / f).is_file()]
+    return f"recipe {', '.join(missing)} not in this checkout" if missing else None
+
+
+def methods_table(config: TrainingBenchConfig, root: Path) -> tuple[Table, dict[str, float]]:
+    """(d): step time and memory per method at one size."""
+    table = Table(f"Training step time and memory per method ({config.preset} preset, batch {config.batch_size}, "
+                  f"{config.clip_seconds}-s clips)",
+                  ["method", "network parameters", "mean step (s)", "max step (s)", "clips/s",
+                   "held after warm-up (MiB)", "step peak above that (MiB)"])
+    teacher = export_teacher(config, root)
+    paths = {"teacher": str(teacher), "teacher_weights": str(teacher / NETWORK_NAME)}
+    summary: dict[str, float] = {}
+    for method in METHODS:
+        reason = available(method)
+        try:
+            if reason is None and "{ode_pairs}" in " ".join(method.overrides):
+                paths["ode_pairs"] = str(write_ode_pairs(teacher, config, root))
+            timing = None if reason else time_method(method, config, paths, root)
+        except (ImportError, ValueError, FileNotFoundError) as error:
+            timing, reason = None, f"{type(error).__name__}: {error}".splitlines()[0]
+        except SystemExit:  # LightningCLI exits when a recipe does not parse (its message is on stderr)
+            timing, reason = None, "its recipe does not parse in this checkout"
+        if timing is None:
+            log.warning("%s not benchmarked: %s", method.name, reason)
+            table.add(method.name, "not available", reason, "", "", "", "")
+            continue
+        mean = statistics.mean(timing.seconds)
+        table.add(method.name, timing.parameters, mean, max(timing.seconds), config.batch_size / mean,
+                  timing.resident_bytes / 2**20, timing.step_peak_bytes / 2**20)
+        summary[f"step_seconds_{method.key}"] = mean
+        summary[f"held_mib_{method.key}"] = timing.resident_bytes / 2**20
+        summary[f"step_peak_mib_{method.key}"] = timing.step_peak_bytes / 2**20
+    table.notes = (f"{config.steps} measured steps after {config.warmup} warm-up step(s), each method built from its "
+                   "recipe with the patch latents (recipes/latents/patch.yaml). The DMD stages alternate critic and "
+                   "generator updates (5:1), so their mean covers both and max is the slower kind. Memory (CPU: "
+                   "resident set size after gc and malloc_trim): held after warm-up = over the size before the "
+                   "module was built (weights incl. the teacher and critic a stage holds, gradients, optimiser "
+                   "state); step peak = peak resident size during the measured steps (VmHWM, reset after "
+                   "warm-up) over the held size (activations, temporaries).")
+    return table, summary
+
+
+def loader_rate(datamodule: L.LightningDataModule, batches: int) -> float:
+    """Clips per second the training loader delivers, after its first batch."""
+    datamodule.setup("fit")
+    loader = iter(datamodule.train_dataloader())
+    next(loader)
+    start, clips = time.perf_counter(), 0
+    for _ in range(batches):
+        clips += len(next(loader))
+    return clips / (time.perf_counter() - start)
+
+
+def data_table(config: TrainingBenchConfig, teacher_step: float | None) -> tuple[Table, dict[str, float]]:
+    """(e): clips/s the synthetic loader delivers vs clips/s a teacher step consumes at this size."""
+    from omniforcing.data.datamodule import SyntheticDataModule
+    from omniforcing.types import ClipSpec
+
+    table = Table("Data loader rate vs training consumption", ["what", "clips/s", "headroom"])
+    consumed = None if teacher_step is None else config.batch_size / teacher_step
+    summary: dict[str, float] = {}
+    batches = 4 if config.steps < 6 else 16
+    for workers in (0, 1):
+        module = SyntheticDataModule(clip=ClipSpec(seconds=config.clip_seconds), train_clips=8 * (batches + 2),
+                                     batch_size=8, num_workers=workers)
+        rate = loader_rate(module, batches)
+        table.add(f"SyntheticDataModule, {workers} worker(s)", rate, "" if consumed is None else rate / consumed)
+        summary[f"synthetic_loader_clips_per_s_{workers}_workers"] = rate
+    if consumed is not None:
+        table.add(f"teacher training step consumes ({config.preset}, batch {config.batch_size})", consumed, 1.0)
+        summary["teacher_clips_per_s"] = consumed
+    table.notes = (f"{config.clip_seconds}-s synthetic clips made on the fly, batch 8, rate after the first batch. "
+                   "headroom = loader rate / consumption (> 1: the loader keeps up; the loader's workers compete "
+                   "with training for the same cores, so the in-process (0 worker) rate is the safe bound). "
+                   "Shard decoding rates: the data suite.")
+    return table, summary
+
+
+def run_training_bench(quick: bool = False, threads: int | None = 1) -> Report:
+    """Run the training suite (see the module docstring); returns a :class:`Report`.
+
+    Args:
+        quick: tiny preset, 1-s clips, 2 measured steps (a smoke run).
+        threads: torch CPU threads (``None`` keeps the current setting).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    config = TrainingBenchConfig.make(quick)
+    report = Report("training")
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            table, summary = methods_table(config, Path(tmp))
+    finally:
+        quiet.setLevel(level)
+    report.tables.append(table)
+    report.summary.update(summary)
+    table, summary = data_table(config, report.summary.get("step_seconds_teacher"))
+    report.tables.append(table)
+    report.summary.update(summary)
+    return report
