@@ -63,7 +63,14 @@ def main(args: Sequence[str] | None = None) -> None:
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         from omniforcing.training.cli import run_lightning_cli
 
-        run_lightning_cli(None if args is None else argv)  # None: LightningCLI reads sys.argv itself
+        # LightningCLI reads sys.argv itself; called from Python (pipelines, demo, tests) it would warn about
+        # mixing ``args`` with the caller's own flags, so the explicit arguments stand in for sys.argv meanwhile.
+        saved = sys.argv
+        sys.argv = [saved[0] if saved else "omniforcing", *argv]
+        try:
+            run_lightning_cli(None)
+        finally:
+            sys.argv = saved
         return
     from jsonargparse import CLI
 
