@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from omniforcing.models.weights import couple_unimodal
+
 log = logging.getLogger(__name__)
 
 EMA_STATE_KEY = "ema_state"
@@ -67,3 +69,21 @@ def load_network_weights(network: nn.Module, path: str | Path, prefer_ema: bool 
     if result.unexpected_keys:
         log.warning("ignored %d tensors of %s the network does not have: %s", len(result.unexpected_keys), path,
                     ", ".join(result.unexpected_keys[:8]))
+
+
+def load_coupled(network: nn.Module, video_path: str | Path, audio_path: str | Path) -> None:
+    """Initialise a joint ``network`` with the video stream of ``video_path`` and the audio stream of ``audio_path``.
+
+    The two uni-modal checkpoints of the same backbone are merged by
+    :func:`~omniforcing.models.weights.couple_unimodal` (cross-modal gates zero, so the coupled model starts as
+    the two uni-modal models side by side).
+    """
+    state = couple_unimodal(read_network_state(video_path), read_network_state(audio_path))
+    result = network.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError("the uni-modal checkpoints hold tensors the joint network lacks: "
+                         f"{result.unexpected_keys[:5]}")
+    if result.missing_keys:
+        log.warning("coupled %s + %s; %d tensors keep their init: %s", video_path, audio_path,
+                    len(result.missing_keys), ", ".join(result.missing_keys[:8]))
+    log.info("joint model coupled from %s (video) and %s (audio); cross-modal gates zero", video_path, audio_path)

@@ -94,7 +94,8 @@ def _without_checkpoint_paths(tree: Any) -> Any:
 
 
 TRAINING_ONLY_ARGS = ("network", "codec", "objective", "optimizer", "scheduler", "critic_optimizer", "teacher",
-                      "critic", "init_from", "teacher_from", "critic_from", "_instantiator")
+                      "critic", "init_from", "init_video_from", "init_audio_from", "teacher_from", "critic_from",
+                      "_instantiator")
 
 
 def model_from_checkpoint(checkpoint: str | Path, use_ema: bool = True) -> tuple[nn.Module, AVCodec, dict]:

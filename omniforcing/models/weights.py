@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 from safetensors.torch import load_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from omniforcing.models.stream_layer import CROSS_GATE, NUM_MODULATIONS
 
@@ -96,3 +96,15 @@ def load_weights(path: str | Path, prefix: str = "") -> dict[str, Tensor]:
         if not state:
             raise ValueError(f"no tensor in {path} starts with {prefix!r}")
     return state
+
+
+def freeze_unused_parameters(network: nn.Module, modality: Literal["video", "audio"]) -> None:
+    """Freeze what a uni-modal run never uses: the other stream and this stream's cross-modal attention.
+
+    They would get no gradient anyway; freezing keeps them out of the optimiser (so weight decay leaves them
+    as initialised for the later coupling) and out of DDP's gradient reduction (which otherwise stops on
+    unused parameters).
+    """
+    for name, param in network.named_parameters():
+        if stream_of(name) not in (modality, "shared") or ".cross_attn." in name:
+            param.requires_grad_(False)

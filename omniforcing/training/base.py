@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from omniforcing.codecs.base import AVCodec
 from omniforcing.methods.flow_matching import Modality, select_modality
-from omniforcing.inference.checkpoints import load_network_weights
+from omniforcing.inference.checkpoints import load_coupled, load_network_weights
+from omniforcing.models.weights import freeze_unused_parameters
 from omniforcing.types import AVBatch, AVLatents, ClipSpec
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ class AVLitModule(L.LightningModule):
             weights initialise ``network`` before training; missing keys (e.g. new sink tokens) are reported.
         on_nonfinite: ``stop`` raises :class:`NonFiniteLossError`; ``skip`` drops the step and counts it.
         seed: base seed of the per-step random generators (see :meth:`step_generator`).
+        init_video_from: video-only checkpoint of the same backbone; with ``init_audio_from`` the two streams are
+            coupled into this (joint) network, cross-modal gates zero (uni-modal pretraining, then joint).
+        init_audio_from: audio-only checkpoint to couple with ``init_video_from``.
+
+    A uni-modal run (``modality`` video or audio) freezes the other stream and the cross-modal attention.
     """
 
     def __init__(
@@ -60,6 +66,8 @@ class AVLitModule(L.LightningModule):
         init_from: str | None = None,
         on_nonfinite: Literal["stop", "skip"] = "stop",
         seed: int = 0,
+        init_video_from: str | None = None,
+        init_audio_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -76,7 +84,20 @@ class AVLitModule(L.LightningModule):
         self.skipped_nonfinite_steps = 0
         self.tokens_in_last_batch = 0
         check_latent_geometry(network, codec)
-        if init_from:
+        self.initialise_network(init_from, init_video_from, init_audio_from)
+        if modality != "joint":
+            freeze_unused_parameters(self.network, modality)
+
+    def initialise_network(self, init_from: str | None, init_video_from: str | None,
+                           init_audio_from: str | None) -> None:
+        """Load the starting weights: one checkpoint, or a video-only and an audio-only one coupled."""
+        if (init_video_from is None) != (init_audio_from is None):
+            raise ValueError("coupling needs both init_video_from and init_audio_from")
+        if init_video_from is not None:
+            if init_from:
+                raise ValueError("give either init_from or init_video_from + init_audio_from, not both")
+            load_coupled(self.network, init_video_from, init_audio_from)
+        elif init_from:
             load_network_weights(self.network, init_from)
 
     # ---------------------------------------------------------------- data

@@ -18,13 +18,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from omniforcing.codecs.base import AVCodec
-from omniforcing.inference.checkpoints import read_network_state
 from omniforcing.inference.clips import GeneratedClips
 from omniforcing.inference.dual_mode import DualModes, Mode, generate_dual_mode_clips
 from omniforcing.methods.flow_matching import Modality
 from omniforcing.methods.mutual_forcing import MutualForcing, MutualForcingStep
 from omniforcing.models.transformer import DualStreamTransformer
-from omniforcing.models.weights import couple_unimodal, stream_of
 from omniforcing.training.base import AVLitModule, default_optimizer
 from omniforcing.types import AVBatch, ClipSpec
 
@@ -88,15 +86,8 @@ class MutualForcingLitModule(AVLitModule):
         audio_cfg: float = 1.0,
     ) -> None:
         check_dual_mode_network(network)
-        super().__init__(network, codec, clip, modality, optimizer, scheduler, init_from, on_nonfinite, seed)
-        if (init_video_from is None) != (init_audio_from is None):
-            raise ValueError("coupling needs both init_video_from and init_audio_from")
-        if init_video_from is not None:
-            if init_from:
-                raise ValueError("give either init_from or init_video_from + init_audio_from, not both")
-            load_coupled(self.network, init_video_from, init_audio_from)
-        if modality != "joint":
-            freeze_unused_parameters(self.network, modality)
+        super().__init__(network, codec, clip, modality, optimizer, scheduler, init_from, on_nonfinite, seed,
+                         init_video_from, init_audio_from)
         self.objective = objective or MutualForcing()
         self.modes = DualModes(tuple(few_step_times), step_size, multi_step_size, sample_steps, sample_shift,
                                video_cfg, audio_cfg, context_time, window_seconds, audio_window_seconds)
@@ -150,28 +141,3 @@ def check_dual_mode_network(network: nn.Module) -> None:
     if not isinstance(network, DualStreamTransformer) or not network.causal or not network.step_size_conditioning:
         raise ValueError("Mutual Forcing needs network init_args causal: true and step_size_conditioning: true "
                          "(the step size tells the shared weights which mode they run in)")
-
-
-def freeze_unused_parameters(network: nn.Module, modality: Literal["video", "audio"]) -> None:
-    """Freeze what a uni-modal run never uses: the other stream and this stream's cross-modal attention.
-
-    They would get no gradient anyway; freezing keeps them out of the optimiser (so weight decay leaves them
-    as initialised) and out of DDP's gradient reduction (which otherwise stops on unused parameters).
-    """
-    for name, param in network.named_parameters():
-        owner = stream_of(name)
-        if (owner not in (modality, "shared")) or ".cross_attn." in name:
-            param.requires_grad_(False)
-
-
-def load_coupled(network: nn.Module, video_path: str, audio_path: str) -> None:
-    """Initialise ``network`` with the video stream of ``video_path`` and the audio stream of ``audio_path``."""
-    state = couple_unimodal(read_network_state(video_path), read_network_state(audio_path))
-    result = network.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise ValueError("the uni-modal checkpoints hold tensors the joint network lacks: "
-                         f"{result.unexpected_keys[:5]}")
-    if result.missing_keys:
-        log.warning("coupled %s + %s; %d tensors keep their init: %s", video_path, audio_path,
-                    len(result.missing_keys), ", ".join(result.missing_keys[:8]))
-    log.info("joint model coupled from %s (video) and %s (audio); cross-modal gates zero", video_path, audio_path)

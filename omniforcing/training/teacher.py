@@ -27,9 +27,12 @@ class TeacherLitModule(AVLitModule):
         modality: ``joint``, ``video`` or ``audio`` (uni-modal pretraining).
         optimizer: optimiser factory.
         scheduler: LR scheduler factory.
-        init_from: checkpoint whose network weights initialise this one (e.g. a coupled uni-modal pair).
+        init_from: checkpoint whose network weights initialise this one (e.g. to continue from a run's weights).
         on_nonfinite: ``stop`` or ``skip`` on a NaN/inf loss.
         seed: base seed of per-step randomness.
+        init_video_from: video-only teacher checkpoint; with ``init_audio_from`` the two uni-modal teachers are
+            coupled into this joint one (cross-modal gates zero).
+        init_audio_from: audio-only teacher checkpoint to couple with ``init_video_from``.
         sample_steps: Euler steps when this module generates (evaluation, ``omniforcing generate``).
         sample_shift: schedule shift for generation.
         video_cfg: video CFG scale for generation.
@@ -48,12 +51,15 @@ class TeacherLitModule(AVLitModule):
         init_from: str | None = None,
         on_nonfinite: Literal["stop", "skip"] = "stop",
         seed: int = 0,
+        init_video_from: str | None = None,
+        init_audio_from: str | None = None,
         sample_steps: int = 32,
         sample_shift: float = 1.0,
         video_cfg: float = 3.0,
         audio_cfg: float = 3.0,
     ) -> None:
-        super().__init__(network, codec, clip, modality, optimizer, scheduler, init_from, on_nonfinite, seed)
+        super().__init__(network, codec, clip, modality, optimizer, scheduler, init_from, on_nonfinite, seed,
+                         init_video_from, init_audio_from)
         self.objective = objective or FlowMatching()
         self.sample_steps, self.sample_shift = sample_steps, sample_shift
         self.video_cfg, self.audio_cfg = video_cfg, audio_cfg

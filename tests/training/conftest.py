@@ -6,18 +6,7 @@ from pathlib import Path
 
 import pytest
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-
-TINY_TEACHER = ["base.yaml", "data/synthetic.yaml", "teacher/joint.yaml", "latents/patch.yaml", "model/tiny.yaml",
-                "debug/tiny_cpu.yaml"]
-
-
-def recipe_args(files: list[str]) -> list[str]:
-    """``-c recipes/<file>`` for each file."""
-    args: list[str] = []
-    for name in files:
-        args += ["-c", str(RECIPES / name)]
-    return args
+from training_recipes import TINY_TEACHER, recipe_args
 
 
 @pytest.fixture

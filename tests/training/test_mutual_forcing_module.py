@@ -22,7 +22,7 @@ from omniforcing.training.cli import OmniCLI
 from omniforcing.training.mutual_forcing import MutualForcingLitModule
 from omniforcing.types import AVBatch
 
-from conftest import recipe_args
+from training_recipes import recipe_args
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

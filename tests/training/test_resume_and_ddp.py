@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from omniforcing.cli import main
 
-from conftest import recipe_args, TINY_TEACHER
+from training_recipes import recipe_args, TINY_TEACHER
 
 REPO = Path(__file__).resolve().parents[2]
 PROBES = Path(__file__).resolve().parent

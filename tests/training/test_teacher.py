@@ -111,3 +111,51 @@ def test_overfitting_one_batch_drives_the_loss_down():
         optimizer.step()
         losses.append(float(loss))
     assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4
+
+
+def _save_network(module: TeacherLitModule, path: Path) -> str:
+    torch.save({"state_dict": {f"network.{k}": v for k, v in module.network.state_dict().items()}}, path)
+    return str(path)
+
+
+def _perturbed(modality: str, seed: int) -> TeacherLitModule:
+    torch.manual_seed(seed)
+    module = TeacherLitModule(build_preset("tiny", video_channels=1536, audio_channels=256),
+                              AVCodec(PatchVideoCodec(), MelAudioCodec()), clip=ClipSpec(seconds=1), modality=modality)
+    with torch.no_grad():
+        for param in module.network.parameters():
+            param.add_(0.01 * torch.randn_like(param))  # zero-initialised gates and heads become distinguishable
+    return module
+
+
+def test_unimodal_teacher_trains_only_its_stream():
+    module = _perturbed("video", 0)
+    trainable = {n for n, p in module.network.named_parameters() if p.requires_grad}
+    assert trainable and all(not n.startswith("audio.") and ".cross_attn." not in n for n in trainable)
+    assert any(n.startswith("video.") for n in trainable)
+    optimiser = module.configure_optimizers()
+    optimiser = optimiser["optimizer"] if isinstance(optimiser, dict) else optimiser
+    assert sum(p.numel() for g in optimiser.param_groups for p in g["params"]) == sum(
+        p.numel() for p in module.network.parameters() if p.requires_grad)
+
+
+def test_joint_teacher_couples_two_unimodal_teachers(tmp_path):
+    video, audio = _perturbed("video", 1), _perturbed("audio", 2)
+    joint = TeacherLitModule(build_preset("tiny", video_channels=1536, audio_channels=256),
+                             AVCodec(PatchVideoCodec(), MelAudioCodec()), clip=ClipSpec(seconds=1),
+                             init_video_from=_save_network(video, tmp_path / "v.ckpt"),
+                             init_audio_from=_save_network(audio, tmp_path / "a.ckpt"))
+    # with the cross-modal gates zero, the coupled model is the two uni-modal teachers side by side
+    net, captions = joint.network, ["a red circle bounces", "a blue square bounces"]
+    v, a = torch.randn(2, 4, 1536, 4, 4), torch.randn(2, 26, 256)
+    tv, ta = torch.rand(2, 4), torch.rand(2, 26)
+    with torch.no_grad():
+        joint_v, joint_a = net(v, a, tv, ta, net.encode_text(captions))
+        alone_v, _ = video.network(v, None, tv, None, video.network.encode_text(captions))
+        _, alone_a = audio.network(None, a, None, ta, audio.network.encode_text(captions))
+    assert torch.allclose(joint_v, alone_v, atol=1e-5) and torch.allclose(joint_a, alone_a, atol=1e-5)
+    assert alone_v.abs().mean() > 1e-3 and alone_a.abs().mean() > 1e-3  # perturbed heads: outputs are not zero
+    assert all(p.requires_grad for p in joint.network.parameters())
+    with pytest.raises(ValueError, match="both init_video_from and init_audio_from"):
+        TeacherLitModule(build_preset("tiny", video_channels=1536, audio_channels=256),
+                         AVCodec(PatchVideoCodec(), MelAudioCodec()), init_video_from=str(tmp_path / "v.ckpt"))
