@@ -46,12 +46,17 @@ def _command_tree() -> dict:
     return tree
 
 
+FLAG_ALIASES = {"in": "source"}
+"""Contract flags that are Python keywords, and the parameter names they stand for (``data encode --in``)."""
+
+
 def _underscore_flags(argv: list[str]) -> list[str]:
     """``--shard-size 2`` -> ``--shard_size 2``: the contract's dashed flags map onto Python parameter names."""
     out = []
     for arg in argv:
         if arg.startswith("--") and len(arg) > 2:
             name, eq, value = arg[2:].partition("=")
+            name = FLAG_ALIASES.get(name, name)
             arg = "--" + name.replace("-", "_") + eq + value
         out.append(arg)
     return out

@@ -43,6 +43,8 @@ def open_codec(spec: str) -> nn.Module:
     """
     path = Path(spec)
     if path.suffix in WEIGHT_SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"--codec {spec}: no such file")
         return load_codec(path)
     if path.suffix in CONFIG_SUFFIXES and path.is_file():
         config = yaml.safe_load(path.read_text())
@@ -71,8 +73,8 @@ def clip_geometry(codec: nn.Module, shards: list[str], seconds: int) -> ClipSpec
                     size=video.size[0] if video else int(meta.get("size", 32)))  # type: ignore[union-attr]
 
 
-def encode(shards: str, *, codec: str, out: Path, seconds: int = 2, stride_seconds: int = 1, shard_size: int = 256,
-           batch_size: int = 16, dtype: Literal["float16", "float32"] = "float16", device: str = "cpu") -> None:
+def encode(*, source: str, codec: str, out: Path, seconds: int = 2, stride_seconds: int = 1, shard_size: int = 256,
+           batch_size: int = 16, dtype: Literal["float16", "float32"] = "float32", device: str = "cpu") -> None:
     """Pre-encode media shards into latent shards, so methods train on latents without decoding media.
 
     Every stored clip of L seconds gives windows of SECONDS at offsets 0, stride, ... (offset + SECONDS <= L),
@@ -80,7 +82,8 @@ def encode(shards: str, *, codec: str, out: Path, seconds: int = 2, stride_secon
     Train on the result with ``-c recipes/data/latents.yaml`` and the same codec in the method recipe.
 
     Args:
-        shards: media shards (``data synth`` / ``data pack`` output): folder, brace pattern, glob or list.
+        source: media shards (``data synth`` / ``data pack`` output): folder, brace pattern, glob or list; on
+            the command line ``--in SHARDS``.
         codec: an AVCodec: a config such as ``recipes/latents/learned.yaml`` (its ``model.init_args.codec``), or
             a ``.safetensors`` written by ``save_codec`` / ``data codec-stats`` for an AVCodec.
         out: output folder of latent shards.
@@ -88,14 +91,14 @@ def encode(shards: str, *, codec: str, out: Path, seconds: int = 2, stride_secon
         stride_seconds: seconds between the start of consecutive windows of one clip.
         shard_size: windows per output shard.
         batch_size: windows encoded at once.
-        dtype: storage type of the latents (float16 halves the size; see docs/codecs.md).
+        dtype: storage type of the latents (float32 reads back exactly; float16 halves the size, docs/codecs.md).
         device: device of the codec (``cpu``, ``cuda``).
     """
     model = open_codec(codec)
     if not isinstance(model, AVCodec):
         raise ValueError(f"--codec {codec} is a {type(model).__name__}; encoding needs an AVCodec (video and audio), "
                          "e.g. a config like recipes/latents/learned.yaml whose codecs point at your checkpoints")
-    manifest = encode_latent_shards(model, resolve_shards(shards), out, seconds, stride_seconds, shard_size,
+    manifest = encode_latent_shards(model, resolve_shards(source), out, seconds, stride_seconds, shard_size,
                                     batch_size, dtype, device)
     print(f"encoded {manifest['samples']} windows of {seconds} s into {len(manifest['shards'])} shards in {out} "
           f"(codec {manifest['codec_fingerprint']}, {dtype})")
@@ -111,8 +114,10 @@ def codec_stats(shards: str, *, codec: str, out: Path, seconds: int = 2, max_win
     """Fit a codec's latent normalisation statistics on media shards and save the codec with them.
 
     Needed for codecs without training (the mel codec, the patch codec) and to refit a trained codec's statistics
-    on your own data. Windows of SECONDS start at 0, SECONDS, 2 SECONDS, ... of each clip. The result loads as
-    ``checkpoint: OUT`` of the same codec class in a recipe (and as ``--codec OUT``).
+    on your own data. Windows of SECONDS start at 0, SECONDS, 2 SECONDS, ... of each clip. A video or audio codec
+    is saved to OUT, which loads as ``checkpoint: OUT`` of the same codec class in a recipe. An AVCodec is saved to
+    OUT (usable as ``--codec OUT``) and its parts to OUT_video.safetensors and OUT_audio.safetensors, the files its
+    ``video`` and ``audio`` entries in a recipe point ``checkpoint:`` at.
 
     Args:
         shards: media shards: folder, brace pattern, glob or comma-separated list.
@@ -122,6 +127,7 @@ def codec_stats(shards: str, *, codec: str, out: Path, seconds: int = 2, max_win
         max_windows: windows used at most.
         batch_size: windows encoded at once.
     """
+    out = Path(out)
     model = open_codec(codec)
     parts = [model.video, model.audio] if isinstance(model, AVCodec) else [model]
     for part in parts:
@@ -129,7 +135,7 @@ def codec_stats(shards: str, *, codec: str, out: Path, seconds: int = 2, max_win
             raise ValueError(f"{type(part).__name__} has no latent normalisation to fit")
     files = resolve_shards(shards)
     spec = clip_geometry(model, files, seconds)
-    windows, skipped = plan_windows(files, seconds, seconds, spec.fps, spec.sample_rate)
+    windows, skipped = plan_windows(files, seconds, seconds, spec.fps, spec.sample_rate, spec.size)
     raw: list[list[torch.Tensor]] = [[] for _ in parts]
     for _, _, video, audio in iter_window_batches(windows[:max_windows], spec, batch_size, skipped):
         for store, part in zip(raw, parts, strict=True):
@@ -142,8 +148,12 @@ def codec_stats(shards: str, *, codec: str, out: Path, seconds: int = 2, max_win
         print(f"{type(part).__name__}: statistics of {int(part.normalizer.num_vectors)} latent vectors from "
               f"{sum(len(s) for s in store)} windows; normalised latents: mean {normalised.mean():+.3f}, "
               f"std {normalised.std():.3f}")
-    save_codec(model, out)
-    print(f"saved {out} and {config_path(out)}" + (f" ({len(skipped)} samples skipped)" if skipped else ""))
+    written = [save_codec(model, out)]
+    if isinstance(model, AVCodec):
+        written += [save_codec(part, out.with_name(f"{out.stem}_{name}{out.suffix}"))
+                    for name, part in (("video", model.video), ("audio", model.audio))]
+    print("saved " + ", ".join(f"{path} (+ .json)" for path in written)
+          + (f"; {len(skipped)} samples skipped" if skipped else ""))
 
 
 def export_codec(*, checkpoint: Path, out: Path, dtype: Literal["float32", "bfloat16", "float16"] = "float32") -> None:

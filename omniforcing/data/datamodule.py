@@ -20,7 +20,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from omniforcing.codecs.base import AVCodec
 from omniforcing.data.decoding import ClipExample, collate_examples, decode_sample, uint8_to_unit
+from omniforcing.data.latent_shards import check_latent_shards
 from omniforcing.data.pipeline import ClipStream
 from omniforcing.data.shards import iter_tar_samples, resolve_shards
 from omniforcing.data.synthetic import SceneSettings, synthesize_clip
@@ -113,6 +115,27 @@ class AVDataModule(L.LightningDataModule):
         self.video_latent_rate = video_latent_rate
         self.passes = 0
         self._streams: dict[str, ClipStream] = {}
+
+    def setup(self, stage: str) -> None:
+        """Check latent shards against the clip and the trained module's codec before the first step.
+
+        Latents only mean something to the codec that made them, so a module whose ``codec`` is not the one
+        that encoded the shards is a :class:`ValueError` here (see
+        :func:`~omniforcing.data.latent_shards.check_latent_shards`), not a silently wrong run.
+        """
+        if self.expect == "media":
+            return
+        for shards in (self.train_shards, self.val_shards):
+            if shards is not None:
+                check_latent_shards(resolve_shards(shards), self.clip, self.video_latent_rate, self.module_codec(),
+                                    require_latents=self.expect == "latents")
+
+    def module_codec(self) -> AVCodec | None:
+        """The attached training module's child module ``codec`` when it is an :class:`AVCodec`."""
+        if self.trainer is None:
+            return None
+        codec = dict(self.trainer.lightning_module.named_children()).get("codec")
+        return codec if isinstance(codec, AVCodec) else None
 
     def _position(self) -> tuple[int, int]:
         self.passes += 1

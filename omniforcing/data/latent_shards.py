@@ -7,7 +7,8 @@ slice of the latents of the whole clip. A window at offset ``o`` covers frames `
 samples ``sr o .. sr (o + S) + sr / 25``, i.e. video and audio start at the same instant.
 
 A latent sample (docs/data.md) holds ``video_latents.npy`` ``(1 + 3 S, C, h, w)``, ``audio_latents.npy``
-``(1 + 25 S, C)`` (float16 by default: measured in docs/codecs.md to change nothing that matters) and ``json``:
+``(1 + 25 S, C)`` (float32 by default, so a batch read back equals the codec's ``encode`` exactly; float16 halves
+the size at a rounding error of about 1e-3 of the unit-variance latents, docs/codecs.md) and ``json``:
 the stored clip's metadata with its ``events`` unchanged (times from the stored clip's frame 0) plus
 ``latent_offset_seconds`` (the datamodule shifts event times by it), ``seconds`` / ``num_frames`` /
 ``num_samples`` of the window, ``source_shard`` / ``source_key``, and ``codec_fingerprint``.
@@ -15,6 +16,10 @@ the stored clip's metadata with its ``events`` unchanged (times from the stored 
 Output shard ``k`` holds windows ``k K .. (k + 1) K - 1`` of the plan (``K`` = shard size) and is written to a
 temporary name and renamed when complete, so a re-run skips finished shards and redoes only the rest
 (``dataset.json`` records the settings; a re-run with other settings or another codec is refused).
+
+Reading them back (:func:`check_latent_shards`, called by ``AVDataModule.setup``): latents are only meaningful to
+a model whose codec made them, so the datamodule compares the ``codec_fingerprint`` of the shards with the
+training module's codec before the first step and names what differs.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ def codec_fingerprint(codec: nn.Module) -> str:
     digest = hashlib.sha256(json.dumps(codec_config(codec), sort_keys=True).encode())
     for name, tensor in sorted(codec.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -84,13 +89,28 @@ def stored_seconds(meta: dict[str, Any], members: dict[str, bytes], fps: int, sa
     return min((frames - 1) // fps, (samples - sample_rate // AUDIO_LATENT_RATE) // sample_rate)
 
 
-def plan_windows(shards: list[str], seconds: int, stride_seconds: int, fps: int,
-                 sample_rate: int) -> tuple[list[LatentWindow], list[str]]:
+def check_stored_geometry(meta: dict[str, Any], fps: int, sample_rate: int, size: int | None) -> None:
+    """Raise :class:`BadSampleError` when the json states another frame rate, sample rate or frame size."""
+    for name, want in (("fps", fps), ("sample_rate", sample_rate), ("size", size)):
+        if want is not None and name in meta and int(meta[name]) != want:
+            raise BadSampleError(f"{name} {meta[name]} != the codec's {want}")
+
+
+def plan_windows(shards: list[str], seconds: int, stride_seconds: int, fps: int, sample_rate: int,
+                 size: int | None = None) -> tuple[list[LatentWindow], list[str]]:
     """Every window of ``seconds`` at offsets ``0, stride, ...`` of every media sample, in shard order.
+
+    Args:
+        shards: media shard paths.
+        seconds: window length after the lead frame.
+        stride_seconds: seconds between consecutive window offsets of one stored clip.
+        fps: frame rate the media must have.
+        sample_rate: sample rate the media must have.
+        size: frame size the media must have (``None``: not checked).
 
     Returns:
         ``(windows, skipped)``: the windows, and ``"shard key: reason"`` for samples that cannot be used
-        (not media, unreadable json, shorter than one window, damaged tar data).
+        (not media, unreadable json, other rates or frame size, shorter than one window, damaged tar data).
     """
     if seconds < 1 or stride_seconds < 1:
         raise ValueError(f"seconds and stride_seconds must be >= 1, got {seconds}, {stride_seconds}")
@@ -102,7 +122,9 @@ def plan_windows(shards: list[str], seconds: int, stride_seconds: int, fps: int,
                 try:
                     if "mp4" not in members:
                         raise BadSampleError("not a media sample (no mp4 member)")
-                    length = stored_seconds(parse_metadata(members), members, fps, sample_rate)
+                    meta = parse_metadata(members)
+                    check_stored_geometry(meta, fps, sample_rate, size)
+                    length = stored_seconds(meta, members, fps, sample_rate)
                     if length < seconds:
                         raise BadSampleError(f"too short: {length} s stored, a window needs {seconds} s")
                 except BadSampleError as error:
@@ -224,7 +246,7 @@ def write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None
 
 @torch.no_grad()
 def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, seconds: int, stride_seconds: int = 1,
-                         shard_size: int = 256, batch_size: int = 16, dtype: LatentDtype = "float16",
+                         shard_size: int = 256, batch_size: int = 16, dtype: LatentDtype = "float32",
                          device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Encode every window of the media ``shards`` with ``codec`` into latent shards in ``out``.
 
@@ -244,14 +266,14 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
         The manifest written to ``out/dataset.json``.
 
     Raises:
-        RuntimeError: no sample of the input gives a window.
+        RuntimeError: no sample of the input gives a window, or no window could be decoded.
         ValueError: ``out`` holds shards of a run with other settings.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     codec = codec.to(device).eval()
     spec = ClipSpec(seconds, codec.video.fps, codec.audio.sample_rate, codec.video.size[0])
-    windows, skipped = plan_windows(shards, seconds, stride_seconds, spec.fps, spec.sample_rate)
+    windows, skipped = plan_windows(shards, seconds, stride_seconds, spec.fps, spec.sample_rate, spec.size)
     if not windows:
         raise RuntimeError(f"no window of {seconds} s in {len(shards)} shards: {'; '.join(skipped[:5])}")
     settings = {"kind": "latents", "sources": [str(Path(s).resolve()) for s in shards], "windows": len(windows),
@@ -279,7 +301,91 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
         manifest["skipped"] = sorted(set(manifest["skipped"]) | set(failed))
         (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     bar.close()
+    if not sum(manifest["shard_samples"].values()):
+        raise RuntimeError(f"no window of {len(windows)} could be decoded: {'; '.join(manifest['skipped'][:5])}")
     manifest.update(complete=True, samples=sum(manifest["shard_samples"].values()),
                     shards=sorted(manifest["shard_samples"]))
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def read_latent_manifest(folder: Path) -> dict[str, Any] | None:
+    """The ``dataset.json`` of a latent shard folder, else ``None`` (no manifest, or one of media shards)."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    return manifest if manifest.get("kind") == "latents" else None
+
+
+def first_sample_record(shard: str) -> tuple[bool, dict[str, Any]]:
+    """``(is_latent_sample, json record)`` of the first sample of a shard (``(False, {})`` for an empty one)."""
+    for _, members in iter_tar_samples(shard):
+        is_latent = VIDEO_LATENTS in members or AUDIO_LATENTS in members
+        return is_latent, parse_metadata(members) if "json" in members else {}
+    return False, {}
+
+
+def config_differences(saved: Any, built: Any, where: str = "codec") -> list[str]:
+    """Leaf-by-leaf differences of two ``{"class_path", "init_args"}`` trees, as ``"path: saved X, now Y"``."""
+    if isinstance(saved, dict) and isinstance(built, dict):
+        if saved.get("class_path") != built.get("class_path"):  # other classes: their arguments do not compare
+            return [f"{where}.class_path: shards {saved.get('class_path')!r}, model {built.get('class_path')!r}"]
+        return [difference for key in sorted(set(saved) | set(built))
+                for difference in config_differences(saved.get(key), built.get(key), f"{where}.{key}")]
+    if json.loads(json.dumps(saved)) != json.loads(json.dumps(built)):
+        return [f"{where}: shards {saved!r}, model {built!r}"]
+    return []
+
+
+def check_latent_shards(shards: list[str], spec: ClipSpec, video_latent_rate: int, codec: AVCodec | None,
+                        require_latents: bool) -> None:
+    """Check latent shards against the run reading them, before its first step.
+
+    Per folder of shards: its ``dataset.json`` (written by ``data encode``) or else the json of its first sample
+    must state the clip's fps and sample rate, at least ``spec.seconds`` seconds, ``video_latent_rate``, and —
+    when ``codec`` is given — the fingerprint of exactly this codec (config, weights and statistics). Folders of
+    media shards are passed over unless ``require_latents``.
+
+    Raises:
+        ValueError: naming the folder and every difference (for another codec: the differing init args, or
+            that the weights/statistics differ).
+    """
+    model_codec = None if codec is None else (codec_config(codec), codec_fingerprint(codec))
+    for folder in dict.fromkeys(Path(shard).parent for shard in shards):
+        manifest = read_latent_manifest(folder)
+        first = next(shard for shard in shards if Path(shard).parent == folder)
+        is_latent, record = (True, manifest) if manifest else first_sample_record(first)
+        if not is_latent:
+            if require_latents:
+                raise ValueError(f"{folder} holds media shards, not latents (latents: true); pre-encode them with "
+                                 "`omniforcing data encode` or set data.init_args.latents: false")
+            continue
+        problems = [f"{name} {record[name]} != the clip's {want}"
+                    for name, want in (("fps", spec.fps), ("sample_rate", spec.sample_rate))
+                    if name in record and int(record[name]) != want]
+        if int(record.get("seconds", spec.seconds)) < spec.seconds:
+            problems.append(f"windows of {record['seconds']} s are shorter than the clip's {spec.seconds} s")
+        if int(record.get("video_latent_rate", video_latent_rate)) != video_latent_rate:
+            problems.append(f"video_latent_rate {record['video_latent_rate']} != {video_latent_rate}")
+        if model_codec is not None:
+            problems += codec_problems(record, *model_codec)
+        if problems:
+            raise ValueError(f"latent shards in {folder} do not fit this run: " + "; ".join(problems))
+
+
+def codec_problems(record: dict[str, Any], config: dict[str, Any], fingerprint: str) -> list[str]:
+    """Why the codec that wrote latent shards (``record``: their manifest or sample json) is not the model's
+    codec, given by its config record and :func:`codec_fingerprint`."""
+    saved = record.get("codec_fingerprint")
+    if saved is None:
+        log.warning("latent shards without a codec_fingerprint: cannot check that they were encoded with the "
+                    "model's codec (write them with `omniforcing data encode`)")
+        return []
+    if saved == fingerprint:
+        return []
+    differences = config_differences(record["codec"], config) if "codec" in record else []
+    detail = "; ".join(differences[:8]) if differences else "same class and init args, other weights or statistics"
+    return [f"they were encoded with another codec (fingerprint {saved} vs the model's {fingerprint}: "
+            f"{detail}); re-encode with this codec (`omniforcing data encode --codec <method recipe>`) or set the "
+            "recipe's codec to the one that encoded them"]

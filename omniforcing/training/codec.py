@@ -75,6 +75,10 @@ class CodecLitModule(L.LightningModule):
             raise ValueError(f"{type(codec).__name__} has no training objective here (trainable: "
                              f"{', '.join(c.__name__ for c in TRAINABLE_CODECS)}); a codec without weights only needs "
                              "its statistics: `omniforcing data codec-stats`")
+        if isinstance(codec, MelAutoencoder) and not codec.mel.normalizer.is_fitted:
+            raise ValueError("MelAutoencoder trains on normalised mel latents, but its mel codec has no fitted "
+                             "statistics: set mel.init_args.checkpoint (checkpoints/reference/codec/mel.safetensors, "
+                             "or your data's from `omniforcing data codec-stats`)")
         check_clip_matches_codec(clip, codec)
         self.codec = codec
         self.clip = clip
