@@ -9,7 +9,7 @@
 2. synthesises a small paired dataset into WebDataset shards and inspects it;
 3. pushes a clip through the shipped codec (preview mp4: original | reconstruction) and trains a codec briefly
    to show codec training (the teacher keeps the shipped codec: a few minutes of codec training is not enough);
-4. trains a small joint teacher on the shards;
+4. trains a small joint teacher on the shards and generates a clip with it (``omniforcing generate``);
 5. distils it into a streaming student: Stage I (DMD) -> ODE pairs -> Stage II -> Stage III (short schedules);
 6. streams 20 s from that student;
 7. prints one table of metrics and speed: reference student vs the demo's teacher and student.
@@ -153,6 +153,9 @@ def run_demo(out: Path = Path("runs/demo"), *, reference: Path = ROOT / "checkpo
          *trainer_args(out / "runs", "teacher", teacher_steps, batch_size),
          f"--data.init_args.train_shards={train}", f"--data.init_args.val_shards={val}"])
     teacher = last_checkpoint(out / "runs", "teacher")
+    paths["teacher_clip"] = out / "teacher.mp4"
+    run(["generate", "--checkpoint", str(teacher), "--prompt", PROMPT, "--seconds", "4",
+         "--out", str(paths["teacher_clip"])])
     timings["teacher"] = time.perf_counter() - t
 
     t = banner(5, "distil the teacher into a streaming student: Stage I -> ODE pairs -> Stage II -> Stage III")
@@ -183,7 +186,7 @@ def run_demo(out: Path = Path("runs/demo"), *, reference: Path = ROOT / "checkpo
     timings["total"] = time.perf_counter() - start
     summary = {"paths": {k: str(v) for k, v in paths.items()}, "teacher": str(teacher), "student": str(student),
                "seconds": timings, "streams": {k: stream_summary(Path(v)) for k, v in paths.items()
-                                               if k.endswith("stream")}, "table": table.rows}
+                                               if k.endswith(("stream", "clip"))}, "table": table.rows}
     (out / "results.md").write_text(table.to_markdown())
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     print_paths(out, paths, teacher, student, timings)

@@ -6,7 +6,7 @@ the frozen teacher and the critic too (STYLE.md §3.4), so this callback tracks 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import lightning as L
@@ -35,6 +35,7 @@ class EMA(L.Callback):
         self.target, self.use_for_validation = target, use_for_validation
         self.shadow: dict[str, Tensor] = {}
         self.num_updates = 0
+        self._swap_context: AbstractContextManager | None = None  # open while validation runs on the EMA weights
 
     def _module(self, pl_module: L.LightningModule) -> nn.Module:
         return getattr(pl_module, self.target)
@@ -79,9 +80,8 @@ class EMA(L.Callback):
             self._swap_context.__enter__()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        context = getattr(self, "_swap_context", None)
-        if context is not None:
-            context.__exit__(None, None, None)
+        if self._swap_context is not None:
+            self._swap_context.__exit__(None, None, None)
             self._swap_context = None
 
     def state_dict(self) -> dict[str, Any]:

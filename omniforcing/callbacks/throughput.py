@@ -7,6 +7,8 @@ from typing import Any
 
 import lightning as L
 
+from omniforcing.training.base import AVLitModule
+
 
 class Throughput(L.Callback):
     """Log ``train/samples_per_s`` and ``train/tokens_per_s`` (tokens = latent tokens the backbone processed).
@@ -30,7 +32,8 @@ class Throughput(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._samples += len(batch)
-        self._tokens += int(getattr(pl_module, "tokens_in_last_batch", 0))
+        if isinstance(pl_module, AVLitModule):  # other modules (codec training) report samples only
+            self._tokens += pl_module.tokens_in_last_batch
         self._batches += 1
         if self._batches < self.window or self._start is None:
             return

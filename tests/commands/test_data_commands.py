@@ -12,8 +12,8 @@ from omniforcing.data.media import encode_mp4, write_mp4
 
 def test_data_synth_then_inspect(tmp_path, capsys):
     out = tmp_path / "synth"
-    main(["data", "synth", "--out", str(out), "--clips", "3", "--seconds", "1", "--seed", "4", "--shard_size", "2",
-          "--max_objects", "1", "--fixed_size", "true", "--background_sound", "false", "--workers", "0"])
+    main(["data", "synth", "--out", str(out), "--clips", "3", "--seconds", "1", "--seed", "4", "--shard-size", "2",
+          "--max-objects", "1", "--fixed-size", "true", "--background-sound", "false", "--workers", "0"])
     assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "shard-000000.tar", "shard-000001.tar"]
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["samples"] == 3 and manifest["scene"]["max_objects"] == 1 and manifest["scene"]["fixed_size"]
@@ -29,7 +29,8 @@ def test_data_pack_lists_skipped_files(tmp_path, capsys):
     write_mp4(src / "street_music.mp4", frames, 20, np.zeros(44100 * 2, np.float32), 44100)
     (src / "no_sound.mp4").write_bytes(encode_mp4(frames, 20))
     out = tmp_path / "packed"
-    main(["data", "pack", str(src), "--out", str(out), "--seconds", "1", "--size", "16", "--workers", "0"])
+    main(["data", "pack", str(src), "--out", str(out), "--seconds", "1", "--size", "16", "--sample-rate", "16000",
+          "--workers", "0"])
     printed = capsys.readouterr().out
     assert "packed 1 clips from 1 of 2 files" in printed
     assert "no_sound.mp4: no audio stream" in printed

@@ -1,7 +1,9 @@
-"""Media I/O: mp4 round trips (quality, exact lengths, audio lag), conversions, errors, progressive writer."""
+"""Media I/O: common containers, mp4 round trips (quality, exact lengths, audio lag), conversions, errors, progressive
+writer."""
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -142,3 +144,49 @@ def test_streaming_writer_rejects_size_change(tmp_path):
         writer.write(np.zeros((3, 16, 16, 3), np.uint8))
         with pytest.raises(ValueError, match="frame size changed"):
             writer.write(np.zeros((3, 32, 32, 3), np.uint8))
+
+
+def _write_container(path, video_codec: str, audio_codec: str, rate: int, channels: int, fps: int = 25,
+                     frames: int = 25) -> None:
+    """A 1-s file written with PyAV directly (independent of our writer): a moving bar and a 440 Hz tone."""
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream(video_codec, rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuvj420p" if video_codec == "mjpeg" else "yuv420p"
+        audio = container.add_stream(audio_codec, rate=rate)
+        audio.layout = "stereo" if channels == 2 else "mono"
+        for index in range(frames):
+            image = np.zeros((48, 64, 3), np.uint8)
+            image[:, 2 * index : 2 * index + 8] = 255
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode(None))
+        t = np.arange(rate) / rate
+        tone = np.tile(0.5 * np.sin(2 * np.pi * 440 * t), (channels, 1)).astype(np.float32)
+        fmt = audio.codec_context.codec.audio_formats[0].name  # the encoder's native sample format
+        frame_size = audio.codec_context.frame_size or 1024
+        for start in range(0, rate, frame_size):
+            chunk = av.AudioFrame.from_ndarray(tone[:, start : start + frame_size], format="fltp",
+                                               layout=audio.layout.name)
+            chunk.sample_rate, chunk.pts = rate, start
+            for converted in av.AudioResampler(format=fmt, layout=audio.layout.name, rate=rate).resample(chunk):
+                container.mux(audio.encode(converted))
+        container.mux(audio.encode(None))
+
+
+@pytest.mark.parametrize(("suffix", "video_codec", "audio_codec", "rate", "channels"), [
+    (".webm", "libvpx", "libopus", 48000, 2),
+    (".mkv", "libx264", "aac", 44100, 2),
+    (".mov", "mpeg4", "pcm_s16le", 22050, 1),
+    (".avi", "mjpeg", "pcm_s16le", 11025, 1),
+])
+def test_common_containers_decode_to_frames_and_the_tone(tmp_path, suffix, video_codec, audio_codec, rate, channels):
+    path = tmp_path / f"clip{suffix}"
+    _write_container(path, video_codec, audio_codec, rate, channels)
+    clip = read_av(path)
+    assert clip.video.shape == (25, 48, 64, 3) and clip.fps == pytest.approx(25)
+    assert clip.audio.shape[0] == channels and clip.sample_rate == rate
+    assert abs(clip.audio.shape[1] - rate) <= 0.03 * rate  # codec framing/priming: within 30 ms of 1 s
+    bar = clip.video[:, 24].float().mean(-1) > 128  # the bar moves 2 px per frame
+    assert [int(torch.nonzero(row)[0, 0]) for row in bar[::8]] == pytest.approx([0, 16, 32, 48], abs=1)
+    mono = resample_audio(to_mono(clip.audio), rate, 16000)[0].numpy()
+    spectrum = np.abs(np.fft.rfft(mono[1600:14400]))  # away from the encoder's edges
+    assert abs(np.argmax(spectrum) * 16000 / 12800 - 440) <= 2.5

@@ -1,11 +1,13 @@
-"""The teacher through the real CLI: fit, checkpoint, generate; non-finite guard; safe, atomic checkpoints."""
+"""The teacher through the real CLI: fit, TensorBoard logs, resume, generate; non-finite guard; safe checkpoints."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from omniforcing.cli import main
 from omniforcing.codecs import AVCodec, MelAudioCodec, PatchVideoCodec
@@ -14,6 +16,7 @@ from omniforcing.models import build_preset
 from omniforcing.training import TeacherLitModule
 from omniforcing.training.base import NonFiniteLossError
 from omniforcing.training.checkpoints import AtomicCheckpointIO
+from omniforcing.training.cli import CONFIG_TAG, newest_last_checkpoint
 from omniforcing.types import AVBatch, ClipSpec
 
 
@@ -23,13 +26,37 @@ def _last_checkpoint(root: Path) -> Path:
     return found[-1]
 
 
-def test_tiny_fit_then_generate_writes_mp4_of_requested_length(tmp_path, tiny_teacher_args):
-    main(["fit", *tiny_teacher_args])
+def _events(run_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "audio": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_tiny_fit_logs_to_tensorboard_resumes_from_last_then_generates_mp4(tmp_path, tiny_teacher_args):
+    main(["fit", *tiny_teacher_args, "--trainer.callbacks+=omniforcing.callbacks.Throughput",
+          "--trainer.callbacks.init_args.window=2"])
     ckpt = _last_checkpoint(tmp_path)
     checkpoint = torch.load(ckpt, weights_only=True)  # safe loading must work on our own checkpoints
     assert checkpoint["global_step"] == 4
     assert "ema_state" in checkpoint["callbacks"]["EMA"]
     assert (ckpt.parents[1] / "config.yaml").is_file()  # resolved config saved with the run
+    events = _events(ckpt.parents[1])
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/loss_video", "train/loss_audio", "val/loss", "train/grad_norm",
+                "train/grad_norm/video", "train/grad_norm/audio", "lr-AdamW", "train/samples_per_s",
+                "train/tokens_per_s"):
+        assert tag in scalars, tag
+    assert {"samples/0/video", "samples/0/mel"} <= set(events.Tags()["images"])  # the GIF is an image summary
+    assert "samples/0/audio" in events.Tags()["audio"]
+    config = events.Tensors(f"{CONFIG_TAG}/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "TeacherLitModule" in config and "DualStreamTransformer" in config  # the resolved config, in TensorBoard
+
+    # a second launch with --ckpt_path last continues the first run (new version folder, same step count)
+    main(["fit", *tiny_teacher_args, "--trainer.max_steps=5", "--trainer.limit_val_batches=0", "--ckpt_path=last"])
+    resumed = _last_checkpoint(tmp_path)
+    assert resumed.parents[1] != ckpt.parents[1] and torch.load(resumed, weights_only=True)["global_step"] == 5
+    assert min(e.step for e in _events(resumed.parents[1]).Scalars("train/loss")) >= 4  # continued, not restarted
+
     out = tmp_path / "clip.mp4"
     main(["generate", "--checkpoint", str(ckpt), "--prompt", "a red circle bounces", "--seconds", "2",
           "--out", str(out), "--steps", "2"])
@@ -37,6 +64,16 @@ def test_tiny_fit_then_generate_writes_mp4_of_requested_length(tmp_path, tiny_te
     assert clip.video.shape[0] == 49 and clip.fps == 24
     assert clip.audio is not None and clip.sample_rate == 16000
     assert abs(clip.audio.shape[1] / 16000 - (2 + 1 / 25)) < 0.01
+
+
+def test_newest_last_checkpoint_searches_every_version(tmp_path):
+    assert newest_last_checkpoint(tmp_path) is None
+    for version, name in ((0, "last.ckpt"), (1, "last-v1.ckpt"), (2, "step0000004.ckpt")):
+        folder = tmp_path / f"version_{version}" / "checkpoints"
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (version, version))  # later versions written later
+    assert newest_last_checkpoint(tmp_path) == tmp_path / "version_1" / "checkpoints" / "last-v1.ckpt"
 
 
 def _module(on_nonfinite: str) -> TeacherLitModule:
