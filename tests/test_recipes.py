@@ -24,6 +24,11 @@ COMBINATIONS = [
      "strategy/ddp.yaml"],
     ["base.yaml", "data/synthetic.yaml", "teacher/joint.yaml", "latents/patch.yaml", "model/tiny.yaml",
      "debug/tiny_cpu.yaml"],
+    # the default latent space (shipped learned codec) at every size
+    ["base.yaml", "data/synthetic.yaml", "teacher/joint.yaml", "latents/learned.yaml", "model/small.yaml"],
+    ["base.yaml", "data/shards.yaml", "teacher/joint.yaml", "teacher/video_only.yaml", "latents/learned.yaml",
+     "model/base.yaml"],
+    ["base.yaml", "data/synthetic.yaml", "teacher/joint.yaml", "latents/learned.yaml", "model/large.yaml"],
 ]
 
 

@@ -1,7 +1,8 @@
 """Mutual Forcing results: the few-step vs multi-step modes of the same weights, and training cost per step.
 
 ``quality``: generate clips for held-out synthetic prompts with each sampler of one Mutual Forcing model
-(few-step 4 and 8, multi-step ~50; optionally a bidirectional teacher checkpoint), score them with
+(few-step 4 and 8, streamed by the engine every causal student uses; multi-step ~50; optionally a
+bidirectional teacher and a causal student such as OmniForcing's Stage III), score them with
 :class:`~omniforcing.metrics.MetricSuite` (weight-free stats FDs against held-out real clips, AV-Align, event
 F1, AV offset) and time the generation::
 
@@ -34,10 +35,12 @@ from omniforcing.inference.clips import GeneratedClips, decode_latents, latent_n
 from omniforcing.inference.dual_mode import DualModes, concat_blocks, dual_modes_from_config, stream_blocks
 from omniforcing.inference.export import load_model
 from omniforcing.inference.generation import modalities
+from omniforcing.inference.stream_settings import settings_from_config
+from omniforcing.inference.streaming import StreamingGenerator
 from omniforcing.metrics import MetricSuite
 from omniforcing.models.layout import BlockLayout
 from omniforcing.models.transformer import DualStreamTransformer
-from omniforcing.types import AVBatch, ClipSpec
+from omniforcing.types import AVBatch, AVLatents, ClipSpec
 
 SCENE = SceneSettings(min_objects=1, max_objects=1, fixed_size=True, background_sound=False)  # data/synthetic.yaml
 REFERENCE_FIRST, PROMPT_FIRST = 2_000_000, 3_000_000  # clip indices far from any training pool
@@ -62,23 +65,42 @@ def score(suite: MetricSuite, clips: list[GeneratedClips]) -> dict[str, float]:
     return suite.compute()
 
 
-def mutual_forcing_sampler(network, codec, config: dict, mode: str, steps: int):
-    """``generate(captions, seconds, seed) -> (latents clips, seconds of model time)`` for one sampler."""
+def streaming_sampler(network, codec, config: dict, steps: int | None):
+    """Few-step streaming with the engine every causal student uses, one caption at a time (batch 1).
+
+    :class:`~omniforcing.inference.streaming.StreamingGenerator` with the settings the model recorded
+    (few-step times, step size of a Mutual Forcing model, window); ``steps`` subsamples or regrids the times.
+    Returns ``(generate(captions, seconds, seed) -> (clips, seconds of latent generation), NFE per block)``.
+    """
+    engine = StreamingGenerator(network, codec, settings_from_config(config, video_steps=steps))
+
+    def generate(captions: list[str], seconds: int, seed: int) -> tuple[GeneratedClips, float]:
+        latents, start = [], time.perf_counter()
+        for index, caption in enumerate(captions):
+            latents.append(engine.generate_latents(caption, seconds, seed + index))
+        elapsed = time.perf_counter() - start
+        joined = AVLatents(*(None if parts[0] is None else torch.cat(parts) for parts in
+                             ([x.video for x in latents], [x.audio for x in latents])))
+        return decode_latents(codec, joined, captions), elapsed
+
+    return generate, engine.settings.forwards_per_block
+
+
+def multi_step_sampler(network, codec, config: dict, steps: int):
+    """The multi-step mode of a Mutual Forcing model (Euler with ``steps`` steps per block, CFG as recorded)."""
     modes: DualModes = dual_modes_from_config(config)
     has_video, has_audio = modalities(config)
-    times = tuple(1.0 - i / steps for i in range(steps)) if mode == "few_step" else None
 
     def generate(captions: list[str], seconds: int, seed: int) -> tuple[GeneratedClips, float]:
         num_blocks = BlockLayout.for_seconds(seconds, network.prefix).num_blocks
         start = time.perf_counter()
         blocks = list(stream_blocks(network, captions, num_blocks, modes, video=has_video, audio=has_audio,
-                                    mode=mode, generator=torch.Generator().manual_seed(seed),
-                                    few_step_times=times, multi_steps=steps))
+                                    mode="multi_step", generator=torch.Generator().manual_seed(seed),
+                                    multi_steps=steps))
         elapsed = time.perf_counter() - start
         return decode_latents(codec, concat_blocks(blocks), captions), elapsed
 
-    nfe = (steps + 1) if mode == "few_step" else steps * (2 if modes.guided else 1) + 1
-    return generate, nfe
+    return generate, steps * (2 if modes.guided else 1) + 1
 
 
 def teacher_sampler(network, codec, config: dict, steps: int, cfg: float):
@@ -98,7 +120,7 @@ def teacher_sampler(network, codec, config: dict, steps: int, cfg: float):
     return generate, steps * (2 if cfg != 1.0 else 1)
 
 
-def quality(*, checkpoint: Path, teacher: Path | None = None, clips: int = 32, seconds: int = 2,
+def quality(*, checkpoint: Path, teacher: Path | None = None, student: Path | None = None, clips: int = 32, seconds: int = 2,
             few_steps: list[int] | None = None, multi_steps: int = 48, teacher_steps: int = 48,
             teacher_cfg: list[float] | None = None, batch_size: int = 8,
             threads: int = 1, seed: int = 0, cache_dir: Path = Path("runs/metric_cache"),
@@ -108,9 +130,12 @@ def quality(*, checkpoint: Path, teacher: Path | None = None, clips: int = 32, s
     Args:
         checkpoint: the Mutual Forcing model (``.ckpt`` from ``omniforcing fit`` or an exported folder).
         teacher: optional bidirectional teacher checkpoint to add as a row.
+        student: optional causal student checkpoint (e.g. OmniForcing Stage III) to add as a row, streamed
+            with its recorded few-step times.
         clips: generated clips per sampler (and real reference clips).
         seconds: clip length after the lead.
-        few_steps: few-step sampler step counts, uniform grids from 1 (default 4 and 8).
+        few_steps: few-step sampler step counts (default 4 and 8): the recorded times, subsampled, or a
+            uniform grid from 1 for more steps than recorded.
         multi_steps: Euler steps of the multi-step sampler.
         teacher_steps: Euler steps of the teacher (whole clip at once, so the same NFE per block).
         teacher_cfg: CFG scales of the teacher rows (default: 1, as the Mutual Forcing recipes).
@@ -128,9 +153,12 @@ def quality(*, checkpoint: Path, teacher: Path | None = None, clips: int = 32, s
                              sample_rate=clip.sample_rate, cache_dir=cache_dir,
                              description=f"synthetic {SCENE} clips {REFERENCE_FIRST}+{clips}, {seconds} s")
     prompts = real_batches(PROMPT_FIRST, clips, clip, batch_size)
-    samplers = {f"few-step {k}": mutual_forcing_sampler(network, codec, config, "few_step", k)
-                for k in few_steps or (4, 8)}
-    samplers[f"multi-step {multi_steps}"] = mutual_forcing_sampler(network, codec, config, "multi_step", multi_steps)
+    samplers = {f"few-step {k}": streaming_sampler(network, codec, config, k) for k in few_steps or (4, 8)}
+    samplers[f"multi-step {multi_steps}"] = multi_step_sampler(network, codec, config, multi_steps)
+    if student is not None:
+        s_network, s_codec, s_config = load_model(student)
+        samplers[f"OmniForcing student {len(settings_from_config(s_config).video_times)}-step (streaming)"] = \
+            streaming_sampler(s_network, s_codec, s_config, None)
     if teacher is not None:
         t_network, t_codec, t_config = load_model(teacher)
         for cfg in teacher_cfg or [1.0]:

@@ -11,7 +11,6 @@ Two modes (docs/metrics.md, "Continuous evaluation"):
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import time
@@ -33,6 +32,7 @@ from omniforcing.data.pipeline import SkipCounter
 from omniforcing.inference.clips import GeneratedClips
 from omniforcing.inference.export import instantiate, load_model
 from omniforcing.inference.generation import generate_teacher_clips
+from omniforcing.inference.streaming import generate_streaming_clips
 from omniforcing.metrics import MetricSuite
 from omniforcing.metrics.checkpoint_watch import (
     EVAL_DIR,
@@ -215,20 +215,12 @@ def generate_for_model(network: torch.nn.Module, codec: AVCodec, config: dict[st
                        seconds: int, seed: int, steps: int | None) -> GeneratedClips:
     """Generate with the model's own sampler: whole clips for bidirectional models, streaming for causal ones.
 
-    Causal students use ``omniforcing.inference.streaming.generate_streaming_clips`` (same arguments as
-    :func:`generate_teacher_clips`), imported only when needed.
+    Causal models (OmniForcing students, Mutual Forcing's few-step mode) stream through the one engine,
+    :func:`omniforcing.inference.streaming.generate_streaming_clips`, with the settings they recorded.
     """
     if not network.causal:
         return generate_teacher_clips(network, codec, config, captions, seconds, seed, steps)
-    try:
-        streaming = importlib.import_module("omniforcing.inference.streaming")
-    except ModuleNotFoundError as error:
-        raise RuntimeError("this checkpoint is a causal (streaming) student, and streaming generation "
-                           "(omniforcing.inference.streaming) is not available in this installation") from error
-    if not hasattr(streaming, "generate_streaming_clips"):
-        raise RuntimeError("omniforcing.inference.streaming has no generate_streaming_clips(network, codec, config, "
-                           "captions, seconds, seed, steps); cannot evaluate causal students")
-    return streaming.generate_streaming_clips(network, codec, config, captions, seconds, seed, steps)
+    return generate_streaming_clips(network, codec, config, captions, seconds, seed, steps)
 
 
 class RunEvaluator:

@@ -121,11 +121,20 @@ class HistoryCaches:
 
     @torch.no_grad()
     def commit(self, block: int, x0: AVLatents, modes: DualModes, generator: torch.Generator | None) -> None:
-        """Commit ``block`` to every cache; with ``context_time > 0`` all of them see the same context noise."""
+        """Commit ``block`` to every cache; with ``context_time > 0`` all of them see the same context noise.
+
+        One branch, or a clean commit (which draws nothing), uses ``generator`` directly: the random draws then
+        follow :class:`~omniforcing.inference.streaming.StreamingGenerator`'s order, so a few-step stream of
+        one caption equals the streaming engine's for the same seed (a test checks it).
+        """
+        branches = [b for b in (self.cond, self.uncond, self.critic) if b is not None]
+        if len(branches) == 1 or modes.context_time == 0:
+            for branch in branches:
+                branch.commit(block, x0, modes, generator)
+            return
         seed = int(torch.randint(2**62, (1,), generator=generator))
-        for branch in (self.cond, self.uncond, self.critic):
-            if branch is not None:
-                branch.commit(block, x0, modes, torch.Generator().manual_seed(seed))
+        for branch in branches:
+            branch.commit(block, x0, modes, torch.Generator().manual_seed(seed))
 
     def multi_step_denoiser(self, modes: DualModes, block: int) -> GuidedDenoiser:
         """``denoiser(x, t)`` of the multi-step mode (with CFG when configured) for ``block``."""
@@ -211,7 +220,6 @@ def concat_blocks(blocks: list[AVLatents]) -> AVLatents:
         return None if parts[0] is None else torch.cat(parts, dim=1)
 
     return AVLatents(cat("video"), cat("audio"))
-
 
 
 @torch.no_grad()

@@ -6,16 +6,16 @@
 
 Each stage is ``omniforcing fit`` with the stage's recipe (``recipes/mutual_forcing/*.yaml``) on synthetic
 data; the joint stage couples the two uni-modal checkpoints (``init_video_from`` / ``init_audio_from``); the
-joint checkpoint is exported and a clip is generated block by block in the few-step mode against the rolling
-KV cache and written as an mp4. With the patch latents (the default), the codecs' latent statistics are first
-fitted on synthetic clips, so the model sees normalised latents. Runs on a CPU at the tiny size in minutes.
+joint checkpoint is exported and a clip is streamed block by block in the few-step mode against the rolling
+KV cache by the engine every causal student streams with (``StreamingGenerator``) and written as an mp4. With
+the patch latents (the default), the codecs' latent statistics are first fitted on synthetic clips, so the
+model sees normalised latents. Runs on a CPU at the tiny size in minutes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -23,10 +23,8 @@ import torch
 from omniforcing.codecs import MelAudioCodec, PatchVideoCodec, save_codec
 from omniforcing.data.media import write_mp4
 from omniforcing.data.synthetic import SceneSettings, synthesize_clip
-from omniforcing.inference.dual_mode import concat_blocks, dual_modes_from_config, stream_blocks
-from omniforcing.inference.clips import decode_latents
-from omniforcing.inference.export import export_checkpoint, load_model
-from omniforcing.models.layout import BlockLayout
+from omniforcing.inference.export import export_checkpoint
+from omniforcing.inference.streaming import StreamingGenerator
 from omniforcing.types import ClipSpec
 
 log = logging.getLogger(__name__)
@@ -78,20 +76,22 @@ def fit_stage(stage: str, out: Path, shared_args: list[str], extra: list[str] | 
 
 
 def stream_clip(exported: Path, prompt: str, seconds: int, out_file: Path, seed: int = 0) -> dict:
-    """Generate one clip block by block in the few-step mode; write it as an mp4; return per-block timings."""
-    network, codec, config = load_model(exported)
-    modes = dual_modes_from_config(config)
-    num_blocks = BlockLayout.for_seconds(seconds, network.prefix).num_blocks
-    blocks, latency = [], []
-    start = time.perf_counter()
-    for block in stream_blocks(network, [prompt], num_blocks, modes, generator=torch.Generator().manual_seed(seed)):
-        blocks.append(block)
-        latency.append(time.perf_counter() - start - sum(latency))
-    clips = decode_latents(codec, concat_blocks(blocks), [prompt])
-    write_mp4(out_file, clips.video[0].numpy(), clips.fps, clips.audio[0].numpy(), clips.sample_rate,
+    """Stream one clip in the few-step mode with the streaming engine; write it as an mp4; return the timings.
+
+    The engine is the one every causal student streams with
+    (:class:`~omniforcing.inference.streaming.StreamingGenerator`): it reads the few-step times, the step size
+    and the window the model recorded, and decodes each block as soon as it exists.
+    """
+    generator = StreamingGenerator.from_pretrained(exported)
+    blocks = list(generator.stream(prompt, seconds, seed))
+    video = torch.cat([b.video for b in blocks]).numpy()
+    audio = torch.cat([b.audio for b in blocks]).numpy()
+    write_mp4(out_file, video, generator.codec.video.fps, audio, generator.codec.audio.sample_rate,
               pixel_format="yuv420p")
-    return {"clip": str(out_file), "blocks": num_blocks, "block_latency_s": latency,
-            "seconds_generated": clips.video.shape[1] / clips.fps}
+    return {"clip": str(out_file), "blocks": len(blocks), "step_size": generator.settings.step_size,
+            "time_to_first_block_s": blocks[0].ready_seconds,
+            "block_latency_s": [(b.generate_ms + b.decode_ms) / 1e3 for b in blocks],
+            "seconds_generated": video.shape[0] / generator.codec.video.fps}
 
 
 def run_pipeline(out: Path = Path("runs/mutual_forcing_pipeline"), *, steps: int = 20, joint_steps: int | None = None,

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,10 @@ import pytest
 import torch
 
 from omniforcing.codecs import AVCodec, MelAudioCodec, PatchVideoCodec
-from omniforcing.inference.dual_mode import DualModes
+from omniforcing.inference.dual_mode import DualModes, concat_blocks, stream_blocks
+from omniforcing.inference.export import TRAINING_ONLY_ARGS
+from omniforcing.inference.stream_settings import settings_from_config
+from omniforcing.inference.streaming import StreamingGenerator
 from omniforcing.methods.mutual_forcing import MutualForcing
 from omniforcing.models.transformer import DualStreamTransformer
 from omniforcing.training.base import AVLitModule
@@ -149,6 +153,26 @@ def test_generate_clips_streams_the_configured_modalities(modality):
             assert clips.video.shape == (2, 25, 32, 32, 3) and clips.video.dtype == torch.uint8
         if clips.audio is not None:
             assert clips.audio.shape == (2, 16640)
+
+
+@pytest.mark.parametrize("context_time", [0.0, 0.1])
+def test_few_step_stream_is_the_streaming_engines_stream(context_time):
+    """Mutual Forcing streams through the engine of every causal student: from what the module records, the
+    engine picks the few-step times and step size, and gives the same latents as the module's own sampler."""
+    module = make_module(context_time=context_time)
+    config = {"method_args": {k: v for k, v in module.hparams.items() if k not in TRAINING_ONLY_ARGS}}
+    settings = settings_from_config(config)
+    assert (settings.step_size, settings.video_times, settings.context_time) == (0.25, (1.0, 0.75, 0.5, 0.25),
+                                                                                 context_time)
+    engine = StreamingGenerator(module.network, module.codec, settings)
+    want = engine.generate_latents(CAPTIONS[0], seconds=2, seed=3)
+    with torch.no_grad():
+        got = concat_blocks(list(stream_blocks(module.network, CAPTIONS[:1], 3, module.modes,
+                                               generator=torch.Generator().manual_seed(3))))
+    torch.testing.assert_close(got.video, want.video, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.audio, want.audio, atol=1e-5, rtol=0)
+    other_mode = StreamingGenerator(module.network, module.codec, replace(settings, step_size=0.0))
+    assert (other_mode.generate_latents(CAPTIONS[0], seconds=2, seed=3).video - want.video).abs().max() > 1e-4
 
 
 def _recipe_cli(tmp_path: Path, stage: str, *extra: str) -> OmniCLI:
