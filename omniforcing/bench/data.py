@@ -5,6 +5,7 @@ Run: ``python -c "from omniforcing.bench.data import run_data_bench; print(run_d
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -50,8 +51,8 @@ def _generation_table(quick: bool, shards: Path) -> tuple[Table, dict[str, float
                         f"{STORED.sample_rate} Hz, default scene settings.")
     in_memory = _timed(count, lambda i: synthesize_clip(1, i, STORED, SceneSettings()))
     module = SyntheticDataModule(clip=STORED, train_clips=count, batch_size=BATCH_SIZE)
-    start = time.perf_counter()
-    loaded = sum(len(batch) for batch in module.train_dataloader())
+    start = time.perf_counter()  # the synthetic training stream is endless: take one pass over the pool
+    loaded = sum(len(batch) for batch in itertools.islice(module.train_dataloader(), count // BATCH_SIZE))
     loader = loaded / (time.perf_counter() - start)
     start = time.perf_counter()
     write_synthetic_shards(shards / "gen", count, STORED, seed=2, shard_size=count, workers=0, progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,21 +52,32 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+"""CPU flags of bf16 matrix/vector units; without them PyTorch emulates bf16 matmuls (far slower than fp32)."""
+
+
 def machine_description() -> dict[str, Any]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on: CPU model, cores, torch threads, bf16 units, load, GPU."""
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
     }
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        cpuinfo = []
+    for line in cpuinfo:
+        if line.startswith("model name"):
+            info["cpu"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            info["cpu_bf16_units"] = ",".join(f for f in BF16_CPU_FLAGS if f in flags) or "none"
+            break
+    if hasattr(os, "getloadavg"):  # other processes on the machine at the start of the run (shared CPUs)
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

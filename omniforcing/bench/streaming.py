@@ -7,19 +7,23 @@ architecture (:class:`~omniforcing.codecs.CausalVideoAutoencoder` + :class:`~omn
 random weights too). Each model is sampled as it is used in practice: the teacher with 32 Euler steps and
 classifier-free guidance (2 forwards per step) over the whole clip, the student with 4 few-step steps and no
 guidance plus one commit forward per 1-s block.
+
+The backbones run in the dtype whose matmul peak measures fastest on the device (bf16 on GPUs and AMX CPUs,
+fp32 on AVX2-only CPUs, where bf16 is emulated); the codec decodes in fp32. Every timed function runs once
+untimed first; GPU regions are timed with CUDA events (:mod:`omniforcing.bench.timing`).
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
-from omniforcing.bench.flops import count_flops, matmul_peak_tflops
+from omniforcing.bench.flops import PEAK_DTYPES, count_flops, fastest_dtype, measure_peaks
 from omniforcing.bench.report import Report, Table
+from omniforcing.bench.timing import DeviceTimer, warm_up
 from omniforcing.codecs import AVCodec, CausalVideoAutoencoder, MelAudioCodec, MelAutoencoder
 from omniforcing.inference.bidirectional import generate_bidirectional
 from omniforcing.inference.clips import decode_latents, latent_noise
@@ -57,21 +61,23 @@ class StreamingBenchConfig:
         return cls("small", 10, 120, 10.0, (1, 2, 5, 10, 20, 30, 60, 90, 120), 12, 2, 5, False)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``bfloat16``."""
+    return str(dtype).removeprefix("torch.")
 
 
-def bench_models(config: StreamingBenchConfig, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module,
-                                                                                AVCodec]:
+def bench_models(config: StreamingBenchConfig, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, torch.nn.Module, AVCodec]:
     """(causal student with 16 sinks, bidirectional teacher, codec) at one size, random weights, eval mode.
+
+    The backbones are cast to ``dtype``; the codec stays in float32.
 
     The codec is the learned one at its default size; a quick run uses a smaller one with the same latent
     shapes (16x16 frames, 2 Griffin-Lim iterations), which keeps the smoke test fast.
     """
     torch.manual_seed(0)
-    student = build_preset(config.preset, causal=True, num_audio_sinks=16).to(device).eval()
-    teacher = build_preset(config.preset, causal=False).to(device).eval()
+    student = build_preset(config.preset, causal=True, num_audio_sinks=16).to(device, dtype).eval()
+    teacher = build_preset(config.preset, causal=False).to(device, dtype).eval()
     if config.quick:
         codec = AVCodec(CausalVideoAutoencoder(size=16, spatial_factor=4, widths=(8, 8), group_width=16),
                         MelAutoencoder(MelAudioCodec(griffin_lim_iters=2, nnls_iters=2), hidden_channels=32))
@@ -92,14 +98,12 @@ def run_teacher(teacher: torch.nn.Module, codec: AVCodec, seconds: int, device: 
     """Generate and decode one clip with the teacher (32 Euler steps, CFG 3)."""
     noise = latent_noise(codec, seconds, 1, generator=torch.Generator().manual_seed(0), device=device)
     with torch.inference_mode():
-        start = time.perf_counter()
-        latents = generate_bidirectional(teacher, [PROMPT], noise, steps=TEACHER_STEPS, video_scale=TEACHER_CFG,
-                                         audio_scale=TEACHER_CFG)
-        _synchronize(device)
-        middle = time.perf_counter()
-        decode_latents(codec, latents, [PROMPT])
-        _synchronize(device)
-    return TeacherRun(middle - start, time.perf_counter() - middle)
+        with DeviceTimer(device) as generation:
+            latents = generate_bidirectional(teacher, [PROMPT], noise, steps=TEACHER_STEPS,
+                                             video_scale=TEACHER_CFG, audio_scale=TEACHER_CFG)
+        with DeviceTimer(device) as decoding:
+            decode_latents(codec, latents, [PROMPT])
+    return TeacherRun(generation.ms / 1e3, decoding.ms / 1e3)
 
 
 def run_student(generator: StreamingGenerator, seconds: int) -> list[StreamedBlock]:
@@ -195,11 +199,11 @@ class CacheProbe:
 
     def _run(self, block: int, noise: AVLatents) -> float:
         times = list(self.engine.settings.video_times)
-        start = time.perf_counter()
-        x0 = denoise_block(self.engine.network, self.text, self.cache, block, noise, times, generator=self.generator)
-        commit_block(self.engine.network, self.text, self.cache, block, x0)
-        _synchronize(self.engine.device)
-        return (time.perf_counter() - start) * 1e3
+        with DeviceTimer(self.engine.device) as timer:
+            x0 = denoise_block(self.engine.network, self.text, self.cache, block, noise, times,
+                               generator=self.generator)
+            commit_block(self.engine.network, self.text, self.cache, block, x0)
+        return timer.ms
 
 
 def latency_table(student, codec, config: StreamingBenchConfig) -> tuple[Table, dict]:
@@ -217,7 +221,8 @@ def latency_table(student, codec, config: StreamingBenchConfig) -> tuple[Table, 
         for position in config.positions:
             for probe, fastest in zip(probes, best):
                 fastest[position] = min(fastest[position], probe.replay(position))
-    table = Table(f"Per-block latency vs stream position ({config.preset} preset, float32)",
+    dtype = dtype_name(next(student.parameters()).dtype)
+    table = Table(f"Per-block latency vs stream position ({config.preset} preset, {dtype})",
                   ["stream position (s)", f"block, {config.window:g}-s window (ms)", "block, never evicts (ms)",
                    "ratio", "streamed, window (ms)", "streamed, never evicts (ms)", "KV cache, window (MiB)",
                    "KV cache, never evicts (MiB)"])
@@ -263,8 +268,10 @@ def overlap_table(student, codec, config: StreamingBenchConfig) -> tuple[Table, 
 
 
 def flops_table(student, teacher, codec, config: StreamingBenchConfig, block_ms: float,
-                teacher_generate_seconds: float, device: torch.device) -> tuple[Table, dict]:
-    """(f): counted FLOPs per generated second, and the utilisation against the measured matmul peak."""
+                teacher_generate_seconds: float, peaks: dict[torch.dtype, tuple[float, int]],
+                device: torch.device) -> tuple[Table, dict]:
+    """(f): counted FLOPs per generated second, and the utilisation against the measured matmul peak of the dtype
+    the models run in."""
     generator = StreamingGenerator(student, codec, _settings(window_seconds=config.window, decode=False))
     blocks = generator.latent_blocks(PROMPT)
     for _ in range(int(config.window) + 2):  # fill the window: steady state
@@ -276,46 +283,58 @@ def flops_table(student, teacher, codec, config: StreamingBenchConfig, block_ms:
                                                                    video_scale=TEACHER_CFG))
         latents = generator.generate_latents(PROMPT, 1)
         decode_flops = count_flops(lambda: decode_latents(codec, latents.map(lambda m: m[:, 1:]), [PROMPT]))
-    largest = 512 if config.quick else 4096
-    peaks = {dtype: matmul_peak_tflops(dtype, device, max_size=largest) for dtype in (torch.float32, torch.bfloat16)}
-    fastest = max(peaks, key=lambda d: peaks[d][0])
+    dtype = next(student.parameters()).dtype
+    peak = peaks[dtype][0] * 1e12
     teacher_per_second = teacher_flops * TEACHER_STEPS / config.clip_seconds
-    table = Table("Model FLOPs per generated second and utilisation", ["what", "GFLOP per generated second",
-                                                                        "achieved GFLOP/s", "utilisation"])
-    peak = peaks[fastest][0] * 1e12
-    table.add("student backbone (4 steps + commit, window full)", student_flops / 1e9,
-              student_flops / (block_ms / 1e3) / 1e9, student_flops / (block_ms / 1e3) / peak)
-    table.add(f"teacher backbone ({TEACHER_STEPS} steps x CFG)", teacher_per_second / 1e9,
-              teacher_flops * TEACHER_STEPS / teacher_generate_seconds / 1e9,
-              teacher_flops * TEACHER_STEPS / teacher_generate_seconds / peak)
+    teacher_rate = teacher_flops * TEACHER_STEPS / teacher_generate_seconds
+    student_rate = student_flops / (block_ms / 1e3)
+    table = Table(f"Model FLOPs per generated second and utilisation ({dtype_name(dtype)})",
+                  ["what", "GFLOP per generated second", "achieved GFLOP/s", "utilisation"])
+    table.add("student backbone (4 steps + commit, window full)", student_flops / 1e9, student_rate / 1e9,
+              student_rate / peak)
+    table.add(f"teacher backbone ({TEACHER_STEPS} steps x CFG)", teacher_per_second / 1e9, teacher_rate / 1e9,
+              teacher_rate / peak)
     table.add("codec decode (learned video AE + mel AE; Griffin-Lim FFTs not counted)", decode_flops / 1e9, "", "")
-    for dtype, (tflops, size) in peaks.items():
-        table.add(f"measured {str(dtype).removeprefix('torch.')} matmul peak ({size}x{size}, "
-                  f"{torch.get_num_threads()} threads)", "", tflops * 1e3, "")
+    threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    for kind, (tflops, size) in peaks.items():
+        table.add(f"measured {dtype_name(kind)} matmul peak ({size}x{size}, {threads})", "", tflops * 1e3, "")
     table.notes = ("FLOPs counted with torch.utils.flop_counter.FlopCounterMode (matmuls, linear, convolutions) plus "
                    "the dense attention formula for CPU scaled_dot_product_attention, which it does not count. "
-                   f"Utilisation = achieved FLOP/s over the fastest measured matmul peak ({str(fastest)}); "
-                   "the teacher's includes the CFG branch. Text encoding is counted in neither.")
+                   f"Utilisation = achieved FLOP/s over the measured {dtype_name(dtype)} matmul peak, the dtype "
+                   "with the faster peak on this device, in which the backbones ran; the teacher's includes the "
+                   "CFG branch. Text encoding is counted in neither.")
     summary = {"flops_per_generated_second_student": student_flops,
                "flops_per_generated_second_teacher": teacher_per_second,
                "matmul_peak_tflops_float32": peaks[torch.float32][0],
                "matmul_peak_tflops_bfloat16": peaks[torch.bfloat16][0],
-               "utilisation_student": student_flops / (block_ms / 1e3) / peak}
+               "utilisation_student": student_rate / peak, "utilisation_teacher": teacher_rate / peak}
     return table, summary
 
 
-def bf16_table(student, codec, config: StreamingBenchConfig) -> tuple[Table, dict]:
-    """The student's block time in bfloat16 vs float32 (bf16 pays only with bf16 matrix units)."""
+def dtype_table(student, codec, device: torch.device) -> tuple[Table, dict]:
+    """The student's block time in each dtype of the peak measurement (bf16 pays only with bf16 matrix units)."""
     table = Table("Student block time by dtype", ["dtype", "generate per block (ms)"])
+    chosen = next(student.parameters()).dtype
     times = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in PEAK_DTYPES:
         student.to(dtype)
-        blocks = run_student(StreamingGenerator(student, codec, _settings(decode=False)), 3)
+        generator = StreamingGenerator(student, codec, _settings(decode=False))
+        warm_up(lambda: run_student(generator, 0), device)
+        blocks = run_student(generator, 3)
         times[dtype] = statistics.median(b.generate_ms for b in blocks[1:])
-        table.add(str(dtype).removeprefix("torch."), times[dtype])
-    student.to(torch.float32)
-    table.notes = "Median over blocks 1-3 of a fresh stream, window not yet full."
+        table.add(dtype_name(dtype), times[dtype])
+    student.to(chosen)
+    table.notes = ("Median over blocks 1-3 of a fresh stream (window not yet full), after an untimed prefix block. "
+                   f"The other tables ran in {dtype_name(chosen)}.")
     return table, {"bf16_over_fp32_block_time": times[torch.bfloat16] / times[torch.float32]}
+
+
+def warm_up_models(student, teacher, codec, device: torch.device) -> None:
+    """One untimed teacher step and a 1-s student stream with decoding (first-call costs out of the tables)."""
+    noise = latent_noise(codec, 1, 1, device=device)
+    with torch.inference_mode():
+        warm_up(lambda: generate_bidirectional(teacher, [PROMPT], noise, steps=1, video_scale=TEACHER_CFG), device)
+    warm_up(lambda: run_student(StreamingGenerator(student, codec, _settings()), 1), device)
 
 
 def run_streaming_bench(quick: bool = False, threads: int | None = 1) -> Report:
@@ -331,8 +350,13 @@ def run_streaming_bench(quick: bool = False, threads: int | None = 1) -> Report:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = StreamingBenchConfig.make(quick)
-    student, teacher, codec = bench_models(config, device)
+    peaks = measure_peaks(device, max_size=512 if config.quick else (8192 if device.type == "cuda" else 4096))
+    dtype = fastest_dtype(peaks)
+    log.info("matmul peaks %s; models run in %s", {dtype_name(k): v for k, v in peaks.items()}, dtype_name(dtype))
+    student, teacher, codec = bench_models(config, device, dtype)
+    warm_up_models(student, teacher, codec, device)
     report = Report("streaming")
+    report.summary["dtype"] = dtype_name(dtype)
     log.info("teacher vs student on a %d-s clip", config.clip_seconds)
     table, summary = teacher_table(student, teacher, codec, config, device)
     report.tables.append(table)
@@ -344,8 +368,8 @@ def run_streaming_bench(quick: bool = False, threads: int | None = 1) -> Report:
     last = config.positions[-1]
     extras = (overlap_table(student, codec, config),
               flops_table(student, teacher, codec, config, latency[f"block_ms_at_{last}s_window"],
-                          summary["teacher_generate_seconds"], device),
-              bf16_table(student, codec, config))
+                          summary["teacher_generate_seconds"], peaks, device),
+              dtype_table(student, codec, device))
     for table, extra in extras:
         report.tables.append(table)
         report.summary.update(extra)

@@ -14,8 +14,8 @@ heap pages do not count): "held" is the size after the warm-up step over the siz
 built (weights, the teacher and critic a stage holds, gradients, optimiser state); "step peak" is the peak
 resident size during the measured steps (``VmHWM``, reset through ``/proc/self/clear_refs`` after the
 warm-up) over the held size (activations and temporaries of a step). On CUDA the same two figures come from
-``torch.cuda.memory_allocated`` and ``max_memory_allocated``. Step times on CUDA are synchronised (untested
-here: this machine has no GPU).
+``torch.cuda.memory_allocated`` and ``max_memory_allocated``. Step times on CUDA come from CUDA events
+(untested here: this machine has no GPU).
 This module uses Lightning because it benchmarks the Lightning training modules.
 """
 
@@ -38,6 +38,7 @@ import lightning as L
 import torch
 
 from omniforcing.bench.report import Report, Table
+from omniforcing.bench.timing import DeviceTimer, synchronize
 from omniforcing.inference.export import NETWORK_NAME, save_exported
 
 log = logging.getLogger(__name__)
@@ -74,32 +75,28 @@ METHODS = (
 
 @dataclass
 class StepTimer(L.Callback):
-    """Records the wall time of every training batch and the peak memory after ``warmup`` batches."""
+    """Records the time of every training batch after ``warmup`` batches (CUDA events on GPU) and the peak
+    memory."""
 
     warmup: int
     seconds: list[float] = field(default_factory=list)
     baseline_bytes: int = 0
     peak_bytes: int = 0
-    _start: float = 0.0
+    _timer: DeviceTimer | None = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if batch_idx == self.warmup:
             self.baseline_bytes = reset_peak_memory(pl_module.device)
-        _synchronize(pl_module.device)
-        self._start = time.perf_counter()
+        synchronize(pl_module.device)  # work queued before the step is not the step's
+        self._timer = DeviceTimer(pl_module.device).start()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        _synchronize(pl_module.device)
+        elapsed_ms = self._timer.stop()
         if batch_idx >= self.warmup:
-            self.seconds.append(time.perf_counter() - self._start)
+            self.seconds.append(elapsed_ms / 1e3)
         self.peak_bytes = peak_memory(pl_module.device)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _status_kib(field_name: str) -> int:

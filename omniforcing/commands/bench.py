@@ -26,6 +26,10 @@ SUITES: dict[str, str] = {
     "codec": "omniforcing.bench.codec:run_codec_bench",
 }
 
+ALL_SUITES = ("streaming", "training", "data")
+"""What ``--suite all`` runs: the suites of the command contract. ``model`` (backbone-only latency, overlapping
+the streaming suite) and ``codec`` (codec quality, docs/codecs.md) run when named."""
+
 
 def _runner(suite: str) -> Callable[..., Report] | None:
     module, _, name = SUITES[suite].partition(":")
@@ -55,19 +59,31 @@ def bench(*, suite: Suite = "streaming", out: Path | None = None, quick: bool = 
         suite: ``streaming`` (student vs teacher, latency vs stream position, time to first block, FLOPs and
             utilisation), ``training`` (step time and memory per method, loader rate vs consumption),
             ``data`` (loader clips/s by workers), ``model`` (backbone decode latency and throughput),
-            ``codec`` (codec quality and speed), or ``all``.
+            ``codec`` (codec quality and speed), or ``all`` (streaming, training and data).
         out: JSON file for the results (tables, summary numbers, machine).
         quick: small sizes and short runs (a smoke test; the numbers mean little).
         threads: torch CPU threads (``None``: torch's default). One thread gives stable numbers on a shared CPU.
     """
-    names = list(SUITES) if suite == "all" else [suite]
-    reports = [r for r in (_run(name, quick, threads) for name in names) if r is not None]
+    names = list(ALL_SUITES) if suite == "all" else [suite]
+    reports: list[Report] = []
+    try:
+        for name in names:  # each suite's tables print as soon as it ends: a long run shows progress
+            report = _run(name, quick, threads)
+            if report is not None:
+                report.machine["threads"] = torch.get_num_threads()
+                print(report.to_markdown(), flush=True)
+                reports.append(report)
+    finally:  # a failing suite still leaves the JSON of those that finished
+        if out is not None and reports:
+            _combine(suite, reports).save_json(out)
+            print(f"wrote {out}")
     if not reports:
         raise SystemExit(f"no benchmark suite could run for '{suite}'")
-    combined = reports[0] if len(reports) == 1 else Report(
-        suite, tables=[t for r in reports for t in r.tables], summary={r.suite: r.summary for r in reports})
-    combined.machine["threads"] = torch.get_num_threads()
-    print(combined.to_markdown())
-    if out is not None:
-        combined.save_json(out)
-        print(f"wrote {out}")
+
+
+def _combine(suite: str, reports: list[Report]) -> Report:
+    """One report; with several suites the summary is keyed by suite (``summary["streaming"][...]``)."""
+    if len(reports) == 1:
+        return reports[0]
+    return Report(suite, tables=[t for r in reports for t in r.tables], summary={r.suite: r.summary for r in reports},
+                  machine=reports[0].machine)

@@ -3,10 +3,14 @@
 A bidirectional model (the teacher) generates the whole clip at once. A causal student streams: blocks are
 generated and decoded one second at a time, appended to a fragmented mp4 that plays while it grows, and
 optionally written raw to a pipe (framing in :mod:`omniforcing.inference.raw_stream`).
+
+``--checkpoint`` takes a path or the name of a reference model: a folder of ``omniforcing export`` under
+:data:`REFERENCE_DIR` (``checkpoints/reference/`` of the repository, or ``$OMNIFORCING_REFERENCE_DIR``).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -16,17 +20,67 @@ from typing import Literal, TextIO
 import torch
 
 from omniforcing.data.media import StreamingMp4Writer, write_mp4
-from omniforcing.inference.export import load_model
+from omniforcing.inference.export import CONFIG_NAME, load_model
 from omniforcing.inference.generation import generate_teacher_clips
 from omniforcing.inference.raw_stream import AudioFormat, RawStreamHeader, RawStreamWriter
 from omniforcing.inference.stream_settings import settings_from_config
 from omniforcing.inference.streaming import StreamedBlock, StreamingGenerator
+
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "reference"
+"""Where reference models live (one ``omniforcing export`` folder per name); ``$OMNIFORCING_REFERENCE_DIR``
+overrides it."""
+
+Dtype = Literal["auto", "float32", "bfloat16"]
+
+
+def reference_dir() -> Path:
+    """The reference-model folder in effect: ``$OMNIFORCING_REFERENCE_DIR`` if set, else :data:`REFERENCE_DIR`."""
+    override = os.environ.get("OMNIFORCING_REFERENCE_DIR")
+    return Path(override) if override else REFERENCE_DIR
+
+
+def reference_names(root: Path | None = None) -> list[str]:
+    """Names of the reference models under ``root`` (folders holding an exported ``config.json``), sorted."""
+    root = reference_dir() if root is None else root
+    if not root.is_dir():
+        return []
+    return sorted(child.name for child in root.iterdir() if (child / CONFIG_NAME).is_file())
+
+
+def resolve_checkpoint(checkpoint: str) -> Path:
+    """The model path for ``--checkpoint``: an existing path as given, else the reference model of that name.
+
+    Raises:
+        FileNotFoundError: neither a path nor a reference name; the message lists the available names.
+    """
+    path = Path(checkpoint)
+    if path.exists():
+        return path
+    root = reference_dir()
+    if path.name == checkpoint and (root / checkpoint / CONFIG_NAME).is_file():
+        return root / checkpoint
+    names = reference_names(root)
+    available = ", ".join(names) if names else "none yet"
+    raise FileNotFoundError(f"--checkpoint {checkpoint!r} is neither a .ckpt file or exported folder nor a "
+                            f"reference model in {root} (available: {available})")
 
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                         ("cpu" if device == "auto" else device))
+
+
+def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
+    """``auto`` -> bfloat16 on CUDA, float32 on CPU.
+
+    CPUs without bf16 matrix units (AVX2 only, like the machine of docs/benchmarks.md) run bf16 matmuls two
+    orders of magnitude slower than fp32; on CPUs with AMX pass ``bfloat16`` explicitly (``omniforcing bench
+    --suite streaming`` measures both peaks).
+    """
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
 
 
 def generate(
@@ -50,11 +104,13 @@ def generate(
     raw: str | None = None,
     raw_audio: AudioFormat = "f32",
     threads: int | None = None,
+    dtype: Dtype = "auto",
 ) -> None:
     """Generate one clip for a prompt and write it as an mp4 (H.264 + AAC); causal students stream it.
 
     Args:
-        checkpoint: a Lightning ``.ckpt`` from ``omniforcing fit``, or a folder from ``omniforcing export``.
+        checkpoint: a Lightning ``.ckpt`` from ``omniforcing fit``, a folder from ``omniforcing export``, or the
+            name of a reference model (a folder under ``checkpoints/reference/``, e.g. ``student``).
         prompt: the caption to generate.
         seconds: seconds of content after the lead frame.
         out: output ``.mp4`` path (written progressively for streaming students).
@@ -78,12 +134,16 @@ def generate(
         raw_audio: sample format of the raw audio, ``f32`` or ``s16``.
         threads: CPU threads for torch (``None``: torch's default). On shared or busy CPUs one thread per
             process is often faster than several spinning on contended cores.
+        dtype: dtype of the backbone: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32`` or ``bfloat16``
+            (worth it on CPUs with bf16 matrix units such as AMX). The codec always decodes in float32.
     """
     if out is None and raw is None:
         raise SystemExit("give --out FILE.mp4, --raw PATH (or -), or both")
     if threads is not None:
         torch.set_num_threads(threads)
-    network, codec, config = load_model(checkpoint, resolve_device(device))
+    target = resolve_device(device)
+    network, codec, config = load_model(resolve_checkpoint(checkpoint), target)
+    network.to(resolve_dtype(dtype, target))
     if not network.causal:
         if out is None:
             raise SystemExit("a bidirectional model writes an mp4: give --out")
@@ -130,7 +190,8 @@ def _stream(generator: StreamingGenerator, prompt: str, seconds: int, seed: int,
                                                          codec.audio.sample_rate if has_audio else 0)
     print(f"streaming {seconds} s + lead in {generator.num_blocks(seconds)} blocks: video steps "
           f"{list(settings.video_times)}, audio steps {list(settings.audio_times or settings.video_times)}, "
-          f"window {settings.window_seconds} s, cfg {settings.video_cfg}/{settings.audio_cfg}", file=log)
+          f"window {settings.window_seconds} s, cfg {settings.video_cfg}/{settings.audio_cfg}, "
+          f"{str(next(generator.network.parameters()).dtype).removeprefix('torch.')} on {generator.device}", file=log)
     blocks: list[StreamedBlock] = []
     try:
         for block in generator.stream(prompt, seconds, seed):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from omniforcing.cli import main
+from omniforcing.commands.generate import reference_names, resolve_checkpoint
 from omniforcing.codecs import AVCodec, MelAudioCodec, PatchVideoCodec
 from omniforcing.data.media import read_av
 from omniforcing.inference.export import save_exported
@@ -23,15 +24,16 @@ VIDEO = {"size": 8, "patch_size": 4}
 AUDIO = {"n_mels": 8, "griffin_lim_iters": 2, "nnls_iters": 2}
 
 
-def exported_student(folder: Path, **method_args) -> Path:
-    """An exported tiny causal student (weights perturbed: a fresh model outputs zeros)."""
+def exported_student(folder: Path, causal: bool = True, **method_args) -> Path:
+    """An exported tiny causal student, or bidirectional teacher (weights perturbed: a fresh model outputs zeros)."""
     torch.manual_seed(0)
-    network = DualStreamTransformer(**NETWORK)
+    network = DualStreamTransformer(**{**NETWORK, "causal": causal})
     with torch.no_grad():
         for param in network.parameters():
             param.add_(torch.randn_like(param) * 0.2)
     codec = AVCodec(PatchVideoCodec(**VIDEO), MelAudioCodec(**AUDIO))
-    config = {"network": {"class_path": "omniforcing.models.DualStreamTransformer", "init_args": NETWORK},
+    config = {"network": {"class_path": "omniforcing.models.DualStreamTransformer",
+                          "init_args": {**NETWORK, "causal": causal}},
               "codec": {"class_path": "omniforcing.codecs.AVCodec", "init_args": {
                   "video": {"class_path": "omniforcing.codecs.PatchVideoCodec", "init_args": VIDEO},
                   "audio": {"class_path": "omniforcing.codecs.MelAudioCodec", "init_args": AUDIO}}},
@@ -72,6 +74,27 @@ def test_generate_explains_missing_outputs_and_step_size(tmp_path):
     with pytest.raises(ValueError, match="no step-size conditioning"):
         main(["generate", "--checkpoint", str(student), "--prompt", "a", "--seconds", "1", "--out",
               str(tmp_path / "x.mp4"), "--step-size", "0.25", "--device", "cpu"])
+
+
+def test_generate_finds_reference_models_by_name(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "reference"
+    exported_student(root / "student")
+    teacher = exported_student(root / "teacher", causal=False, sample_steps=2)
+    (root / "codec").mkdir()  # a folder that is not an exported model is not offered as a name
+    monkeypatch.setenv("OMNIFORCING_REFERENCE_DIR", str(root))
+    assert resolve_checkpoint("student") == root / "student" and reference_names() == ["student", "teacher"]
+    assert resolve_checkpoint(str(teacher)) == teacher  # a path wins over the name lookup
+    main(["generate", "--checkpoint", "student", "--prompt", "a ball", "--seconds", "1", "--out",
+          str(tmp_path / "student.mp4"), "--device", "cpu", "--dtype", "bfloat16"])
+    assert "bfloat16 on cpu" in capsys.readouterr().out and read_av(tmp_path / "student.mp4").video.shape[0] == 25
+    main(["generate", "--checkpoint", "teacher", "--prompt", "a ball", "--seconds", "1", "--out",
+          str(tmp_path / "teacher.mp4"), "--device", "cpu"])
+    assert "whole clip at once" in capsys.readouterr().out and read_av(tmp_path / "teacher.mp4").video.shape[0] == 25
+    with pytest.raises(FileNotFoundError, match=r"'studnet'.*available: student, teacher\)"):
+        main(["generate", "--checkpoint", "studnet", "--prompt", "a", "--seconds", "1", "--out", str(tmp_path / "x")])
+    monkeypatch.setenv("OMNIFORCING_REFERENCE_DIR", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="available: none yet"):
+        resolve_checkpoint("student")
 
 
 @pytest.mark.slow
