@@ -1,5 +1,6 @@
-"""Training benchmark: step time and peak memory of every method at one model size, and the data loader's rate
-against what a training step consumes.
+"""Training benchmark: step time and peak memory of every method at one model size, the bidirectional teacher's
+training throughput (samples/s, latent tokens/s) per model preset, and the data loader's rate against what a
+training step consumes.
 
 Each method is built from its own recipe exactly as ``omniforcing fit`` builds it (``recipes/base.yaml`` +
 synthetic data + the method file + ``recipes/latents/patch.yaml`` + the model preset), with logging,
@@ -7,7 +8,11 @@ checkpointing and callbacks switched off, and trained for a few steps by a Light
 method whose module or recipe is not in this checkout gets a "not available" row. Teacher and critic
 checkpoints the distillation stages load are a randomly initialised teacher of the same size, exported
 to a temporary folder (timings do not depend on the weights); Stage II reads ODE pairs that this teacher
-writes with ``omniforcing data ode-pairs`` (8 Euler steps; not timed).
+writes with ``omniforcing data ode-pairs`` (8 Euler steps; not timed). The per-preset throughput table builds
+the joint teacher the same way but with the default learned latents (``recipes/latents/learned.yaml``, codec
+weights shipped in ``checkpoints/reference/codec``, read relative to the working directory: run from the
+repository root), so its tokens are those ``omniforcing fit`` trains on; tokens are counted as the
+``Throughput`` callback counts them (``AVLitModule.tokens_in_last_batch``: video + audio latent positions).
 
 Memory on CPU is the process's resident set size after ``gc.collect()`` and glibc ``malloc_trim`` (so freed
 heap pages do not count): "held" is the size after the warm-up step over the size before the module was
@@ -30,7 +35,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,7 @@ import torch
 from omniforcing.bench.report import Report, Table
 from omniforcing.bench.timing import DeviceTimer, synchronize
 from omniforcing.inference.export import NETWORK_NAME, save_exported
+from omniforcing.models.presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +81,13 @@ METHODS = (
 
 @dataclass
 class StepTimer(L.Callback):
-    """Records the time of every training batch after ``warmup`` batches (CUDA events on GPU) and the peak
-    memory."""
+    """Records the time, clips and latent tokens of every training batch after ``warmup`` batches (CUDA events
+    on GPU) and the peak memory. The module must be an ``AVLitModule`` (it counts ``tokens_in_last_batch``)."""
 
     warmup: int
     seconds: list[float] = field(default_factory=list)
+    samples: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
     baseline_bytes: int = 0
     peak_bytes: int = 0
     _timer: DeviceTimer | None = None
@@ -96,6 +104,8 @@ class StepTimer(L.Callback):
         elapsed_ms = self._timer.stop()
         if batch_idx >= self.warmup:
             self.seconds.append(elapsed_ms / 1e3)
+            self.samples.append(len(batch))
+            self.tokens.append(pl_module.tokens_in_last_batch)
         self.peak_bytes = peak_memory(pl_module.device)
 
 
@@ -142,13 +152,14 @@ def peak_memory(device: torch.device) -> int:
 
 @dataclass(frozen=True)
 class TrainingBenchConfig:
-    """Sizes of one run."""
+    """Sizes of one run (``latents``: the latent-space recipe under ``recipes/``)."""
 
     preset: str
     clip_seconds: int
     batch_size: int
     warmup: int
     steps: int
+    latents: str = "latents/patch.yaml"
 
     @classmethod
     def make(cls, quick: bool) -> TrainingBenchConfig:
@@ -158,7 +169,7 @@ class TrainingBenchConfig:
 
 def cli_args(method: Method, config: TrainingBenchConfig, paths: dict[str, str], root: Path) -> list[str]:
     """LightningCLI arguments that build ``method`` from its recipes at the bench's size."""
-    files = ["base.yaml", method.data, *method.recipes, "latents/patch.yaml", f"model/{config.preset}.yaml"]
+    files = ["base.yaml", method.data, *method.recipes, config.latents, f"model/{config.preset}.yaml"]
     args = [a for f in files for a in ("-c", str(RECIPES / f))]
     args += [o.format(**paths) for o in method.overrides]
     args += [f"--data.init_args.clip.seconds={config.clip_seconds}", f"--data.init_args.batch_size={config.batch_size}",
@@ -216,12 +227,16 @@ class MethodTiming:
         step_peak_bytes: peak during the measured steps over the memory held after warm-up (activations and
             temporaries of one step).
         parameters: parameters of the trained network.
+        samples: clips trained on in the measured steps.
+        tokens: latent tokens (video + audio positions) the backbone processed in the measured steps.
     """
 
     seconds: list[float]
     resident_bytes: int
     step_peak_bytes: int
     parameters: int
+    samples: int
+    tokens: int
 
 
 def time_method(method: Method, config: TrainingBenchConfig, paths: dict[str, str], root: Path) -> MethodTiming:
@@ -238,13 +253,22 @@ def time_method(method: Method, config: TrainingBenchConfig, paths: dict[str, st
         raise RuntimeError(f"{method.name}: measured {len(timer.seconds)} steps, expected {config.steps}")
     parameters = sum(p.numel() for p in module.network.parameters())
     return MethodTiming(timer.seconds, timer.baseline_bytes - before,
-                        max(0, timer.peak_bytes - timer.baseline_bytes), parameters)
+                        max(0, timer.peak_bytes - timer.baseline_bytes), parameters, sum(timer.samples),
+                        sum(timer.tokens))
 
 
 def available(method: Method) -> str | None:
     """``None`` if the method can be built here, else why not (its recipe or module is missing)."""
     missing = [f for f in (method.data, *method.recipes) if not (RECIPES / f).is_file()]
     return f"recipe {', '.join(missing)} not in this checkout" if missing else None
+
+
+def failure_reason(error: Exception) -> str:
+    """One line saying why a method could not be built or run: the first nested error of a jsonargparse
+    validation message (its first line only says that no subtype validated), else the error's first line."""
+    lines = f"{type(error).__name__}: {error}".splitlines()
+    nested = [line.strip()[2:] for line in lines if line.strip().startswith("- ")]
+    return nested[0] if nested else lines[0]
 
 
 def methods_table(config: TrainingBenchConfig, root: Path) -> tuple[Table, dict[str, float]]:
@@ -263,7 +287,7 @@ def methods_table(config: TrainingBenchConfig, root: Path) -> tuple[Table, dict[
                 paths["ode_pairs"] = str(write_ode_pairs(teacher, config, root))
             timing = None if reason else time_method(method, config, paths, root)
         except (ImportError, ValueError, FileNotFoundError) as error:
-            timing, reason = None, f"{type(error).__name__}: {error}".splitlines()[0]
+            timing, reason = None, failure_reason(error)
         except SystemExit:  # LightningCLI exits when a recipe does not parse (its message is on stderr)
             timing, reason = None, "its recipe does not parse in this checkout"
         if timing is None:
@@ -283,6 +307,52 @@ def methods_table(config: TrainingBenchConfig, root: Path) -> tuple[Table, dict[
                    "module was built (weights incl. the teacher and critic a stage holds, gradients, optimiser "
                    "state); step peak = peak resident size during the measured steps (VmHWM, reset after "
                    "warm-up) over the held size (activations, temporaries).")
+    return table, summary
+
+
+FULL_RUN_STEPS = {"tiny": 6, "small": 6, "base": 3, "large": 2}
+"""Measured steps per preset in the full run: fewer for the big presets, whose CPU steps take seconds to tens
+of seconds (the model is never shrunk to save time)."""
+
+
+def preset_configs(config: TrainingBenchConfig, quick: bool) -> list[TrainingBenchConfig]:
+    """One teacher run per preset at the bench's batch and clip with the learned latents (``tiny`` only, at the
+    quick step count, when ``quick``)."""
+    if quick:
+        return [replace(config, preset="tiny", latents="latents/learned.yaml")]
+    return [replace(config, preset=name, latents="latents/learned.yaml", steps=FULL_RUN_STEPS[name])
+            for name in PRESETS]
+
+
+def presets_table(config: TrainingBenchConfig, quick: bool, root: Path) -> tuple[Table, dict[str, float]]:
+    """Training throughput of the bidirectional joint teacher per model preset (issue 5, "Measure")."""
+    table = Table(f"Teacher training throughput per model preset (batch {config.batch_size}, "
+                  f"{config.clip_seconds}-s clips, learned latents)",
+                  ["preset", "parameters", "measured steps", "mean step (s)", "samples/s", "tokens/sample",
+                   "tokens/s", "held after warm-up (MiB)", "step peak above that (MiB)"])
+    summary: dict[str, float] = {}
+    for run in preset_configs(config, quick):
+        try:
+            timing = time_method(METHODS[0], run, {}, root / run.preset)
+        except (ImportError, ValueError, FileNotFoundError) as error:  # e.g. codec weights not found from here
+            reason = failure_reason(error)
+            log.warning("teacher at preset %s not benchmarked: %s", run.preset, reason)
+            table.add(run.preset, "not available", reason, "", "", "", "", "", "")
+            continue
+        seconds = sum(timing.seconds)
+        table.add(run.preset, timing.parameters, len(timing.seconds), statistics.mean(timing.seconds),
+                  timing.samples / seconds, timing.tokens // timing.samples, timing.tokens / seconds,
+                  timing.resident_bytes / 2**20, timing.step_peak_bytes / 2**20)
+        summary[f"teacher_samples_per_s_{run.preset}"] = timing.samples / seconds
+        summary[f"teacher_tokens_per_s_{run.preset}"] = timing.tokens / seconds
+        summary[f"teacher_step_seconds_{run.preset}"] = statistics.mean(timing.seconds)
+        summary[f"teacher_held_mib_{run.preset}"] = timing.resident_bytes / 2**20
+    table.notes = (f"The joint teacher built from recipes/base.yaml + data/synthetic.yaml + teacher/joint.yaml + "
+                   f"latents/learned.yaml + model/<preset>.yaml (AdamW, fp32), trained on synthetic clips; "
+                   f"{config.warmup} warm-up step(s), then the measured steps. A step includes encoding the raw "
+                   "clips with the frozen learned codec. samples/s and tokens/s = clips and latent tokens of the "
+                   "measured steps over their total time; tokens/sample = video + audio latent positions of one "
+                   "clip, counted as the Throughput callback counts them. Memory as in the per-method table.")
     return table, summary
 
 
@@ -326,7 +396,8 @@ def run_training_bench(quick: bool = False, threads: int | None = 1) -> Report:
     """Run the training suite (see the module docstring); returns a :class:`Report`.
 
     Args:
-        quick: tiny preset, 1-s clips, 2 measured steps (a smoke run).
+        quick: tiny preset, 1-s clips, 2 measured steps (a smoke run); the per-preset table then has only
+            ``tiny``.
         threads: torch CPU threads (``None`` keeps the current setting).
     """
     if threads is not None:
@@ -339,10 +410,13 @@ def run_training_bench(quick: bool = False, threads: int | None = 1) -> Report:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             table, summary = methods_table(config, Path(tmp))
+            report.tables.append(table)
+            report.summary.update(summary)
+            table, summary = presets_table(config, quick, Path(tmp))
+            report.tables.append(table)
+            report.summary.update(summary)
     finally:
         quiet.setLevel(level)
-    report.tables.append(table)
-    report.summary.update(summary)
     table, summary = data_table(config, report.summary.get("step_seconds_teacher"))
     report.tables.append(table)
     report.summary.update(summary)

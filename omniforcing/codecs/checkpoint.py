@@ -110,6 +110,22 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return payload
 
 
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+"""Where ``checkpoints/reference/`` lives in a source checkout (recipes name the shipped codec relative to it)."""
+
+
+def resolve_codec_path(path: str | Path) -> Path:
+    """A relative path that does not exist from the working directory is looked up from the repository root.
+
+    Recipes name the shipped codec as ``checkpoints/reference/codec/...``; this keeps them working when a run is
+    started from another directory. Absolute paths and paths that exist are returned unchanged.
+    """
+    path = Path(path)
+    if path.is_absolute() or path.exists() or not (REPOSITORY_ROOT / path).exists():
+        return path
+    return REPOSITORY_ROOT / path
+
+
 def load_codec_weights(codec: nn.Module, path: str | Path) -> None:
     """Load weights and normalisation statistics into ``codec``, strictly.
 
@@ -120,6 +136,7 @@ def load_codec_weights(codec: nn.Module, path: str | Path) -> None:
         FileNotFoundError: the file is missing.
         ValueError: unreadable file, config mismatch, missing/unexpected keys or shape mismatches (all named).
     """
+    path = resolve_codec_path(path)
     _check_config(codec, path)
     state = read_state_dict(path)
     own = codec.state_dict()

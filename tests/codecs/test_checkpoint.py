@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +125,14 @@ def test_recipe_style_class_path_loading(tmp_path):
     codec = parser.instantiate(config).codec
     assert isinstance(codec, AVCodec) and codec.video.normalizer.is_fitted
     assert codec.video.latent_channels == 4 and codec.audio.latent_channels == 256
+
+
+def test_relative_codec_paths_fall_back_to_the_repository_root(tmp_path, monkeypatch):
+    from omniforcing.codecs.checkpoint import REPOSITORY_ROOT, resolve_codec_path
+
+    shipped = "checkpoints/reference/codec/mel.safetensors"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_codec_path(shipped) == REPOSITORY_ROOT / shipped
+    (tmp_path / "local.safetensors").write_bytes(b"")
+    assert resolve_codec_path("local.safetensors") == Path("local.safetensors")  # the working directory wins
+    assert resolve_codec_path("nowhere.safetensors") == Path("nowhere.safetensors")  # left for a clear error
