@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omniforcing.diffusion.flow import add_noise, velocity_target, x0_from_velocity
@@ -54,6 +53,7 @@ from omniforcing.inference.dual_mode import (
     latents_device,
     new_history_caches,
 )
+from omniforcing.methods.dmd import normalised_direction, surrogate_loss
 from omniforcing.methods.flow_matching import condition_drop_mask, weighted_mse
 from omniforcing.models.layout import BlockLayout
 from omniforcing.types import AVLatents
@@ -77,15 +77,14 @@ def clip_layout(network: nn.Module, x: AVLatents) -> BlockLayout:
 def dmd_generator_loss(x_hat: Tensor, real_x0: Tensor, fake_x0: Tensor) -> Tensor:
     """DMD surrogate whose gradient w.r.t. ``x_hat`` is the normalised ``fake - real`` direction (§3.1, steps 4-6).
 
+    The shared DMD math of :mod:`omniforcing.methods.dmd` (:func:`normalised_direction`, :func:`surrogate_loss`).
+
     Args:
         x_hat: generated sample with gradient, ``(B, ...)``.
         real_x0: real-score clean estimate of the noised sample (no gradient), same shape.
         fake_x0: critic (fake-score) clean estimate, same shape.
     """
-    dims = tuple(range(1, x_hat.dim()))
-    normaliser = (x_hat.detach() - real_x0).abs().float().mean(dim=dims, keepdim=True)
-    direction = torch.nan_to_num((fake_x0 - real_x0).float() / normaliser)
-    return 0.5 * F.mse_loss(x_hat.float(), (x_hat.detach().float() - direction))
+    return surrogate_loss(x_hat, normalised_direction(x_hat.detach(), real_x0, fake_x0))
 
 
 @dataclass

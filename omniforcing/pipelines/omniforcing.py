@@ -10,7 +10,8 @@
 Every stage is ``omniforcing fit`` with its recipe (``recipes/omniforcing/*.yaml``) on synthetic data, chained
 by checkpoint paths; the ODE pairs come from ``omniforcing data ode-pairs`` on the teacher. With the patch
 latents (the default) the codecs' latent statistics are fitted on synthetic clips first. A stage whose
-``last.ckpt`` exists is not run again, so an interrupted pipeline continues where it stopped. Ablations reuse
+``last.ckpt`` exists is not run again, so an interrupted pipeline continues where it stopped (the folder of the
+interrupted stage is removed and that stage starts over). Ablations reuse
 the teacher, Stage I and the pairs and run Stage II + III with the ablation file (``v2``: the official code's
 pipeline, Stage II from the teacher with the v2 layout). The final Stage III student streams a clip with its
 rolling KV cache (:class:`omniforcing.inference.streaming.StreamingGenerator`) into ``clip.mp4``. Everything
@@ -19,9 +20,13 @@ is recorded in ``pipeline.json``, which ``omniforcing.pipelines.omniforcing_resu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -45,23 +50,61 @@ STAGE_FILES = {
 }
 
 
+@contextlib.contextmanager
+def without_argv_flags() -> Iterator[None]:
+    """Hide the pipeline's own flags from ``sys.argv`` while a stage runs in-process with explicit arguments.
+
+    LightningCLI warns when it gets explicit ``args`` while ``sys.argv`` holds other flags (they are the
+    pipeline's, not the stage's, so nothing is mixed up; the warning is noise in every stage's log).
+    """
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def run_cli(args: list[str]) -> None:
+    """``omniforcing <args>`` in this process."""
+    from omniforcing.cli import main
+
+    with without_argv_flags():
+        main(args)
+
+
+def logged_wall_seconds(version: Path) -> float:
+    """Wall seconds between the first and last TensorBoard event of a finished run (0 without events)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(version), size_guidance={"scalars": 0})
+    events.Reload()
+    times = [e.wall_time for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
+    return max(times) - min(times) if times else 0.0
+
+
 def fit_stage(run: str, stage: str, out: Path, shared: list[str], extra: list[str]) -> tuple[Path, float]:
     """``omniforcing fit`` of one stage into ``out/runs/<run>/version_0``; skipped when its checkpoint exists.
 
-    Returns:
-        ``(last.ckpt, wall seconds)`` (0 when skipped).
-    """
-    from omniforcing.cli import main
+    A ``version_0`` folder without ``last.ckpt`` is an interrupted run (its stage restarts from the start, not
+    from a mid-run checkpoint); it is removed first so the new run's event file is the only one there.
 
-    checkpoint = out / "runs" / run / "version_0" / "checkpoints" / "last.ckpt"
+    Returns:
+        ``(last.ckpt, wall seconds)`` (when skipped: the span of its TensorBoard events).
+    """
+    version = out / "runs" / run / "version_0"
+    checkpoint = version / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
         log.info("%s: %s exists, not run again", run, checkpoint)
-        return checkpoint, 0.0
+        return checkpoint, logged_wall_seconds(version)
+    if version.exists():
+        log.warning("%s: %s has no last.ckpt (interrupted run); removing it and training again", run, version)
+        shutil.rmtree(version)
     files = ["base.yaml", *STAGE_FILES[stage]]
     args = [a for name in files for a in ("-c", str(RECIPES / name))]
     start = time.perf_counter()
-    main(["fit", *args, *shared, *extra, f"--trainer.logger.init_args.name={run}",
-          "--trainer.logger.init_args.version=0"])
+    run_cli(["fit", *args, *shared, *extra, f"--trainer.logger.init_args.name={run}",
+             "--trainer.logger.init_args.version=0"])
     if not checkpoint.is_file():
         raise RuntimeError(f"stage {run} wrote no {checkpoint}")
     return checkpoint, time.perf_counter() - start
@@ -70,10 +113,8 @@ def fit_stage(run: str, stage: str, out: Path, shared: list[str], extra: list[st
 def make_pairs(teacher: Path, out: Path, count: int, seconds: int, steps: int, times: list[float],
                first: int = 0) -> tuple[Path, float]:
     """``omniforcing data ode-pairs`` (resumable itself); returns the folder and the wall seconds."""
-    from omniforcing.cli import main
-
     start = time.perf_counter()
-    main(["data", "ode-pairs", "--teacher", str(teacher), "--out", str(out), "--count", str(count), "--seconds",
+    run_cli(["data", "ode-pairs", "--teacher", str(teacher), "--out", str(out), "--count", str(count), "--seconds",
           str(seconds), "--steps", str(steps), "--student-times", json.dumps(times), "--first", str(first),
           "--shard-size", "64", "--batch-size", "8"])
     return out, time.perf_counter() - start
@@ -114,6 +155,14 @@ def stage_overrides(stage: str, steps: int, lr: float) -> list[str]:
     return args
 
 
+def evaluation_args(every: int | None, clips: int) -> list[str]:
+    """``fit`` arguments appending a :class:`~omniforcing.callbacks.PeriodicEvaluation` (none without ``every``)."""
+    if every is None:
+        return []
+    return ["--trainer.callbacks+=omniforcing.callbacks.PeriodicEvaluation",
+            f"--trainer.callbacks.init_args.every_n_steps={every}", f"--trainer.callbacks.init_args.clips={clips}"]
+
+
 def run_pipeline(out: Path = Path("runs/omniforcing_pipeline"), *, model: str = "tiny", latents: str = "patch",
                  seconds: int = 1, batch_size: int = 2, teacher: str | None = None, teacher_steps: int = 20,
                  stage1_steps: int = 12, pairs: int = 8, ode_steps: int = 16, stage2_steps: int = 12,
@@ -121,7 +170,8 @@ def run_pipeline(out: Path = Path("runs/omniforcing_pipeline"), *, model: str = 
                  times: list[float] | None = None, ablations: list[Ablation] | None = None,
                  stream_seconds: int = 3, window: float | None = 2.0, ema_decay: float = 0.99,
                  prompt: str = "a red circle bounces; the circle rings", seed: int = 0, threads: int | None = 1,
-                 overrides: list[str] | None = None) -> dict:
+                 overrides: list[str] | None = None, evaluate_every: int | None = None,
+                 evaluate_clips: int = 8) -> dict:
     """Train the whole OmniForcing chain and stream a clip from the Stage III student.
 
     Args:
@@ -149,6 +199,11 @@ def run_pipeline(out: Path = Path("runs/omniforcing_pipeline"), *, model: str = 
         seed: run seed (data, noise, pairs).
         threads: torch CPU threads (``None``: torch's default; 1 on a shared machine).
         overrides: extra ``omniforcing fit`` arguments for every stage.
+        evaluate_every: add :class:`omniforcing.callbacks.PeriodicEvaluation` to the stages trained on synthetic
+            clips (teacher, Stage I, Stage III) every this many optimiser steps: metrics of the module's own
+            samples (the students' streamed clips) under ``val/`` in TensorBoard (``None``: off). Stage II's data
+            are ODE pairs, not media, so it is not evaluated during training.
+        evaluate_clips: clips per evaluation.
 
     Returns:
         The summary written to ``pipeline.json``: checkpoints, pair folders, wall seconds per stage, stream.
@@ -165,10 +220,10 @@ def run_pipeline(out: Path = Path("runs/omniforcing_pipeline"), *, model: str = 
               f"--data.init_args.batch_size={batch_size}", "--data.init_args.num_workers=0", *(overrides or [])]
     if latents == "patch":
         shared += fit_patch_codec_statistics(out, ClipSpec(seconds=seconds), seed=seed)
+    steps = {"teacher": teacher_steps if teacher is None else None, "stage1": stage1_steps, "stage2": stage2_steps,
+             "stage3": stage3_steps, "pairs": pairs, "ode_steps": ode_steps}
     summary: dict = {"settings": {"model": model, "latents": latents, "seconds": seconds, "batch_size": batch_size,
-                                  "times": times, "threads": threads, "steps": {
-                                      "teacher": teacher_steps, "stage1": stage1_steps, "stage2": stage2_steps,
-                                      "stage3": stage3_steps, "pairs": pairs, "ode_steps": ode_steps}},
+                                  "times": times, "threads": threads, "steps": steps},
                      "checkpoints": {}, "wall_seconds": {}}
 
     def record(name: str, result: tuple[Path, float]) -> Path:
@@ -176,14 +231,15 @@ def run_pipeline(out: Path = Path("runs/omniforcing_pipeline"), *, model: str = 
         return result[0]
 
     times_arg = f"--model.init_args.times={json.dumps(times)}"
+    evaluate = evaluation_args(evaluate_every, evaluate_clips)
     if teacher is None:
         teacher = record("teacher", fit_stage("teacher", "teacher", out, shared,
-                                              stage_overrides("teacher", teacher_steps, teacher_lr)))
+                                              [*stage_overrides("teacher", teacher_steps, teacher_lr), *evaluate]))
     else:
         summary["checkpoints"]["teacher"] = str(teacher)
     teacher_arg = f"--model.init_args.teacher_from={teacher}"
     stage1 = record("stage1", fit_stage("stage1", "stage1", out, shared, [
-        *stage_overrides("stage1", stage1_steps, distill_lr), teacher_arg, times_arg]))
+        *stage_overrides("stage1", stage1_steps, distill_lr), teacher_arg, times_arg, *evaluate]))
     train_pairs, summary["wall_seconds"]["pairs"] = make_pairs(Path(teacher), out / "pairs" / "train", pairs,
                                                                seconds, ode_steps, times)
     pair_args = [f"--data.init_args.train_shards={train_pairs}", "--data.init_args.val_shards=null"]
@@ -195,7 +251,7 @@ def run_pipeline(out: Path = Path("runs/omniforcing_pipeline"), *, model: str = 
             times_arg, f"--model.init_args.init_from={init2}"]))
         record(f"stage3{suffix}", fit_stage(f"stage3{suffix}", "stage3", out, shared, [
             *overlay_args(variant, "stage3_self_forcing"), *stage_overrides("stage3", stage3_steps, distill_lr),
-            teacher_arg, times_arg, f"--model.init_args.init_from={stage2}"]))
+            teacher_arg, times_arg, f"--model.init_args.init_from={stage2}", *evaluate]))
     summary["stream"] = stream_clip(Path(summary["checkpoints"]["stage3"]), prompt, stream_seconds, window,
                                     out / "clip.mp4", seed)
     (out / "pipeline.json").write_text(json.dumps(summary, indent=2))

@@ -77,11 +77,13 @@ def few_step_clips(path: str) -> Generate:
     return generate
 
 
-def teacher_clips(path: str, steps: int | None) -> Generate:
-    """Whole-clip Euler generation of the teacher with its recorded CFG."""
+def teacher_clips(path: str, steps: int | None) -> tuple[Generate, str]:
+    """Whole-clip Euler generation of the teacher with its recorded CFG, and a description of that sampler."""
     network, codec, config = load_model(path)
-    return lambda captions, seconds, seed: generate_teacher_clips(network, codec, config, captions, seconds, seed,
-                                                                  steps)
+    described = (f"Euler {steps or method_arg(config, 'sample_steps', 32)} steps, CFG video "
+                 f"{method_arg(config, 'video_cfg', 1.0)} / audio {method_arg(config, 'audio_cfg', 1.0)}")
+    return (lambda captions, seconds, seed: generate_teacher_clips(network, codec, config, captions, seconds, seed,
+                                                                   steps)), described
 
 
 def streamed_clips(path: str) -> Generate:
@@ -129,25 +131,40 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
+def tenths(series: list[float]) -> tuple[float, float]:
+    """Means of the first and the last tenth of a curve (at least one value each; NaN when empty)."""
+    if not series:
+        return float("nan"), float("nan")
+    width = max(1, len(series) // 10)
+    return statistics.fmean(series[:width]), statistics.fmean(series[-width:])
+
+
+DIVERGENCE_GROWTH = 10.0
+"""A run counts as diverged when it logged a non-finite value or its generator gradient norm's last tenth is
+this many times its first tenth."""
+
+
+def span(series: list[float]) -> str:
+    """``"first → last"`` tenth means of a curve, ``"-"`` when it was not logged (e.g. sinks of a sink-less run)."""
+    return "{:.3g} → {:.3g}".format(*tenths(series)) if series else "-"
+
+
 def training_health(run_dir: Path) -> dict[str, float | str]:
-    """Summary of a stage's curves: last loss, gradient-norm median/max (generator, sinks), non-finite values."""
+    """Summary of a stage's curves: loss at the start and end, gradient norm (generator, sinks, audio) at the
+    start, end and peak, critic loss at the end, non-finite values and a divergence verdict."""
     values = scalars(run_dir)
-
-    def tail(tag: str) -> float:
-        series = values.get(tag, [])
-        return statistics.fmean(series[-max(1, len(series) // 10):]) if series else float("nan")
-
-    def peak(tag: str) -> float:
-        return max(values.get(tag, [float("nan")]))
-
-    nonfinite = sum(1 for series in values.values() for v in series if not math.isfinite(v))
-    skipped = max(values.get("train/skipped_nonfinite", [0.0]))  # steps dropped by on_nonfinite: skip
+    loss = values.get("train/loss", values.get("train/loss_dmd", []))
     grad = values.get("train/grad_norm", [])
-    return {"loss_end": tail("train/loss") if "train/loss" in values else tail("train/loss_dmd"),
-            "critic_loss_end": tail("train/loss_critic"),
-            "grad_norm_median": statistics.median(grad) if grad else float("nan"),
-            "grad_norm_max": peak("train/grad_norm"), "sinks_grad_norm_max": peak("train/grad_norm/sinks"),
-            "audio_grad_norm_max": peak("train/grad_norm/audio"), "nonfinite": nonfinite + int(skipped)}
+    grad_start, grad_end = tenths(grad)
+    nonfinite = sum(1 for series in values.values() for v in series if not math.isfinite(v))
+    nonfinite += int(max(values.get("train/skipped_nonfinite", [0.0])))  # steps dropped by on_nonfinite: skip
+    diverged = nonfinite > 0 or grad_end > DIVERGENCE_GROWTH * grad_start
+    critic = values.get("train/loss_critic", [])
+    return {"loss": span(loss), "critic_loss_end": tenths(critic)[1] if critic else "-",
+            "grad_norm": span(grad), "grad_norm_max": max(grad, default=float("nan")),
+            "sinks_grad_norm": span(values.get("train/grad_norm/sinks", [])),
+            "audio_grad_norm": span(values.get("train/grad_norm/audio", [])),
+            "nonfinite": nonfinite, "diverged": "yes" if diverged else "no"}
 
 
 def quality_table(run: dict, clips: int, seconds: int, teacher_steps: int | None) -> Table:
@@ -162,10 +179,10 @@ def quality_table(run: dict, clips: int, seconds: int, teacher_steps: int | None
                   ["model", "sampler", "FD video stats", "FD audio stats", "AV-Align", "AV offset (ms)",
                    "event F1 (audio-visual)", "s per clip", "speed-up", "first block (s)"])
     checkpoints = run["checkpoints"]
+    teacher, described = teacher_clips(checkpoints["teacher"], teacher_steps)
     models: list[tuple[str, str, Generate, str | None]] = [
-        ("teacher", f"Euler {teacher_steps or 'recorded'} steps + CFG", teacher_clips(checkpoints["teacher"],
-                                                                                       teacher_steps), None),
-        ("stage1", "few-step, bidirectional", few_step_clips(checkpoints["stage1"]), None)]
+        ("teacher", described, teacher, None),
+        ("stage1", "few-step, bidirectional, whole clip", few_step_clips(checkpoints["stage1"]), None)]
     for name in (n for n in checkpoints if n.startswith(("stage2", "stage3"))):
         models.append((name, "few-step, streamed with KV cache", streamed_clips(checkpoints[name]),
                        checkpoints[name]))
@@ -187,14 +204,18 @@ def quality_table(run: dict, clips: int, seconds: int, teacher_steps: int | None
 def health_table(run: dict) -> Table:
     """Table 2: training curves of every student run (main chain and ablations)."""
     table = Table("Training health of the causal students (TensorBoard curves of each run)",
-                  ["run", "final loss", "critic loss (end)", "grad norm median", "grad norm max",
-                   "sinks grad norm max", "audio grad norm max", "non-finite values"])
+                  ["run", "train wall (s)", "loss (first → last tenth)", "critic loss (end)",
+                   "grad norm (first → last tenth)", "grad norm max", "sinks grad norm", "audio grad norm",
+                   "non-finite values", "diverged"])
     for name, path in run["checkpoints"].items():
         if name.startswith(("stage2", "stage3")):
             health = training_health(Path(path).parents[1])
-            table.add(name, *health.values())
+            table.add(name, run.get("wall_seconds", {}).get(name, float("nan")), *health.values())
     table.notes = ("Stage II rows: ODE-regression loss and the student's gradient norms; Stage III rows: DMD "
-                   "surrogate loss, generator gradient norms (before clipping) and critic flow loss.")
+                   "surrogate loss, generator gradient norms (raw, before clipping; logged on generator steps) and "
+                   "critic flow loss. 'first → last tenth': means over the first and last 10 % of the logged "
+                   f"values. Diverged: a non-finite value, or the last tenth's gradient norm above "
+                   f"{DIVERGENCE_GROWTH:g}× the first tenth's.")
     return table
 
 

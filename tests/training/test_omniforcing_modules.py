@@ -12,8 +12,10 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from omniforcing.callbacks import EMA
+from omniforcing.callbacks import EMA, PeriodicEvaluation, SampleLogger
 from omniforcing.cli import main
 from omniforcing.codecs import AVCodec, MelAudioCodec, PatchVideoCodec
 from omniforcing.data.datamodule import SyntheticDataModule
@@ -152,6 +154,30 @@ def test_stage3_rolls_out_with_the_cache_and_streams(teacher, tmp_path):
     assert clips.video.shape == (2, 49, 16, 16, 3) and clips.audio.shape == (2, 32640)
     with pytest.raises(ValueError, match="causal student"):
         SelfForcingLitModule(DualStreamTransformer(**NETWORK), tiny_codec(), str(teacher), clip=CLIP)
+
+
+def test_stage3_logs_per_modality_streaming_samples_and_evaluation_metrics(teacher, tmp_path):
+    student = DualStreamTransformer(**NETWORK, causal=True, num_audio_sinks=2)
+    module = SelfForcingLitModule(student, tiny_codec(), str(teacher), clip=CLIP, init_from=str(
+        teacher / "network.safetensors"), critic_steps_per_generator_step=1, times=[1.0, 0.5])
+    evaluation = PeriodicEvaluation(every_n_steps=2, clips=2, batch_size=2, time_budget_s=None,
+                                    cache_dir=str(tmp_path / "metric_cache"))
+    logger = TensorBoardLogger(str(tmp_path), name="stage3", version=0)
+    samples = SampleLogger(prompts=["a red circle bounces"], seconds=1)
+    run = trainer(tmp_path, max_steps=2, max_epochs=-1, logger=logger, log_every_n_steps=1, limit_val_batches=1,
+                  val_check_interval=1, callbacks=[samples, evaluation])
+    run.fit(module, captions_only(2))
+    assert evaluation.generation_failures == 0 and run.callback_metrics["val/eval_clips"] == 2
+    for key in ("val/fd_video_stats", "val/fd_audio_stats", "val/av_align", "val/loss_dmd", "val/loss_critic"):
+        assert torch.isfinite(run.callback_metrics[key]), key
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    # streamed clips logged per modality: video GIF, audio and mel spectrogram, by the sample logger and evaluation
+    assert {"samples/0/video", "samples/0/mel", "val_media/0/video", "val_media/0/mel"} <= set(
+        events.Tags()["images"])  # the GIF is an image summary
+    assert {"samples/0/audio", "val_media/0/audio"} <= set(events.Tags()["audio"])
+    assert {"train/grad_norm/sinks", "train/grad_norm/video", "train/grad_norm/audio",
+            "train/exit_step"} <= set(events.Tags()["scalars"])
 
 
 def test_stage2_trains_on_ode_pairs_on_the_student_grid(teacher, tmp_path):
@@ -312,5 +338,37 @@ def test_the_tiny_pipeline_runs_teacher_to_stage3_and_streams(tmp_path):
     assert stream["cache_bytes"][-1] == stream["cache_bytes"][-2]  # rolling 1-s window: the cache stays bounded
     clip = read_av(tmp_path / "clip.mp4")
     assert clip.video.shape[0] == 73 and clip.audio.shape[-1] > 0
-    again = run_pipeline(tmp_path, **tiny)  # complete stages are not trained again
-    assert all(again["wall_seconds"][name] == 0 for name in ("teacher", "stage1", "stage2", "stage3"))
+    checkpoints = {name: Path(path) for name, path in summary["checkpoints"].items()}
+    written = {name: path.stat().st_mtime_ns for name, path in checkpoints.items()}
+    checkpoints["stage3"].unlink()  # an interrupted Stage III: its version_0 folder exists without last.ckpt
+    again = run_pipeline(tmp_path, **tiny)  # complete stages are not trained again, the interrupted one is
+    assert all(checkpoints[name].stat().st_mtime_ns == written[name] for name in ("teacher", "stage1", "stage2"))
+    assert all(again["wall_seconds"][name] > 0 for name in ("teacher", "stage1", "stage2"))  # from their events
+    assert checkpoints["stage3"].is_file()
+    assert len(list(checkpoints["stage3"].parents[1].glob("events.out.tfevents.*"))) == 1  # the old run removed
+
+
+def test_a_stage_without_last_ckpt_restarts_in_a_clean_folder_with_its_own_argv(tmp_path, monkeypatch):
+    import omniforcing.cli
+    from omniforcing.pipelines.omniforcing import fit_stage
+
+    version = tmp_path / "runs" / "stage2" / "version_0"
+    (version / "checkpoints").mkdir(parents=True)
+    (version / "events.out.tfevents.interrupted").write_text("")
+    calls = []
+
+    def fake_main(args):  # what the stage sees: a fresh folder and only its own command in sys.argv
+        calls.append((list(args), list(sys.argv), version.exists()))
+        (version / "checkpoints").mkdir(parents=True)
+        (version / "checkpoints" / "last.ckpt").write_text("")
+
+    monkeypatch.setattr(omniforcing.cli, "main", fake_main)
+    monkeypatch.setattr(sys, "argv", ["pipeline", "--out", str(tmp_path)])
+    checkpoint, _ = fit_stage("stage2", "stage2", tmp_path, ["--seed_everything=0"], [])
+    assert checkpoint == version / "checkpoints" / "last.ckpt" and len(calls) == 1
+    args, argv, existed = calls[0]
+    assert args[0] == "fit" and "--trainer.logger.init_args.name=stage2" in args
+    assert argv == ["pipeline"] and not existed  # no pipeline flags next to explicit args; old run removed
+    assert sys.argv == ["pipeline", "--out", str(tmp_path)]  # restored
+    assert not (version / "events.out.tfevents.interrupted").exists()
+    assert fit_stage("stage2", "stage2", tmp_path, [], [])[0] == checkpoint and len(calls) == 1  # done: skipped
