@@ -146,7 +146,8 @@ def decode_media(sample: dict[str, Any], meta: dict[str, Any], spec: ClipSpec,
     return ClipExample(info.caption, info, video=video, audio=audio.contiguous())
 
 
-def _load_npy(data: bytes, name: str, ndim: int) -> Tensor:
+def load_float_npy(data: bytes, name: str, ndim: int) -> Tensor:
+    """A float ``.npy`` member as float32 (never unpickled); :class:`BadSampleError` names what is wrong."""
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
@@ -164,8 +165,8 @@ def decode_latents(sample: dict[str, Any], meta: dict[str, Any], spec: ClipSpec,
     _check_rates(meta, spec)
     if VIDEO_LATENTS not in sample or AUDIO_LATENTS not in sample:
         raise BadSampleError(f"latent sample needs both {VIDEO_LATENTS} and {AUDIO_LATENTS}")
-    video = _load_npy(sample[VIDEO_LATENTS], VIDEO_LATENTS, 4)
-    audio = _load_npy(sample[AUDIO_LATENTS], AUDIO_LATENTS, 2)
+    video = load_float_npy(sample[VIDEO_LATENTS], VIDEO_LATENTS, 4)
+    audio = load_float_npy(sample[AUDIO_LATENTS], AUDIO_LATENTS, 2)
     need_video, need_audio = 1 + video_latent_rate * spec.seconds, 1 + AUDIO_LATENT_RATE * spec.seconds
     if video.shape[0] < need_video or audio.shape[0] < need_audio:
         raise BadSampleError(f"too short: {video.shape[0]} video / {audio.shape[0]} audio latents, "

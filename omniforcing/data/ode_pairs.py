@@ -33,7 +33,7 @@ import webdataset as wds
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
-from omniforcing.data.decoding import BadSampleError
+from omniforcing.data.decoding import BadSampleError, load_float_npy
 from omniforcing.data.pipeline import SkipCounter, stream_seed
 from omniforcing.data.shards import MANIFEST_NAME, SHARD_NAME, json_bytes, sample_key, write_manifest
 from omniforcing.types import AVLatents
@@ -108,16 +108,6 @@ def encode_pair(caption: str, times: list[float], states: AVLatents, record: dic
     return members
 
 
-def _load_states(data: bytes, name: str, ndim: int) -> Tensor:
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise BadSampleError(f"unreadable {name}: {error}") from error
-    if array.ndim != ndim or not np.issubdtype(array.dtype, np.floating):
-        raise BadSampleError(f"{name} must be a float array with {ndim} dims, got {array.dtype} {array.shape}")
-    return torch.from_numpy(array.astype(np.float32))
-
-
 def decode_pair(sample: dict[str, Any]) -> ODEPair:
     """Decode one raw shard sample (``{"__key__", "json", "video_states.npy"?, "audio_states.npy"?}``).
 
@@ -130,8 +120,8 @@ def decode_pair(sample: dict[str, Any]) -> ODEPair:
         caption, times = str(meta["caption"]), torch.tensor(meta["times"], dtype=torch.float32)
     except (KeyError, ValueError, TypeError) as error:
         raise BadSampleError(f"bad json of an ODE pair: {error}") from error
-    video = _load_states(sample[VIDEO_STATES], VIDEO_STATES, 5) if VIDEO_STATES in sample else None
-    audio = _load_states(sample[AUDIO_STATES], AUDIO_STATES, 3) if AUDIO_STATES in sample else None
+    video = load_float_npy(sample[VIDEO_STATES], VIDEO_STATES, 5) if VIDEO_STATES in sample else None
+    audio = load_float_npy(sample[AUDIO_STATES], AUDIO_STATES, 3) if AUDIO_STATES in sample else None
     if video is None and audio is None:
         raise BadSampleError("an ODE pair needs video_states.npy or audio_states.npy")
     levels = {x.shape[0] for x in (video, audio) if x is not None}
