@@ -44,7 +44,7 @@ def slug(name: str) -> str:
 
 @torch.no_grad()
 def compare(teachers: dict[str, str], out: Path, clips: int = 8, seconds: int = 2, frame_stride: int = 6,
-            seed: int = 0, threads: int | None = None) -> Report:
+            seed: int = 0, threads: int | None = None, cache_dir: Path = Path("runs/metric_cache")) -> Report:
     """Generate with each teacher, write its contact sheet, and measure it.
 
     Args:
@@ -55,6 +55,7 @@ def compare(teachers: dict[str, str], out: Path, clips: int = 8, seconds: int = 
         frame_stride: frames between contact-sheet columns (6 = 4 per second at 24 fps).
         seed: noise seed.
         threads: torch CPU threads (``None``: torch's default).
+        cache_dir: where the reference clips' statistics are cached.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -64,7 +65,7 @@ def compare(teachers: dict[str, str], out: Path, clips: int = 8, seconds: int = 
     batches, captions = reference_batches(clip, clips)
     real = torch.cat([b.video for b in batches]).permute(0, 1, 3, 4, 2)  # (N, T, H, W, 3) uint8
     suite = MetricSuite(["video_stats", "audio_stats", "sync"])
-    suite.prepare_real_stats(batches, fps=clip.fps, sample_rate=clip.sample_rate, cache_dir=out.parent / "metric_cache",
+    suite.prepare_real_stats(batches, fps=clip.fps, sample_rate=clip.sample_rate, cache_dir=cache_dir,
                              description=f"synthetic seed {EVAL_SEED}, {clips} clips of {seconds} s, {SCENE}")
     table = Table(f"Teachers on each latent space ({clips} held-out prompts, {seconds}-s clips)",
                   ["teacher", "sampler", "FD video stats", "FD audio stats", "AV-Align", "event F1 (AV)",
