@@ -1,4 +1,4 @@
-"""Teachers trained on different latent spaces, side by side: contact sheets of generated frames and metrics.
+"""Models side by side (teachers on different latent spaces, students): contact sheets of frames and metrics.
 
 ::
 
@@ -25,7 +25,9 @@ from torch import Tensor
 
 from omniforcing.bench.report import Report, Table
 from omniforcing.metrics import MetricSuite
-from omniforcing.pipelines.omniforcing_results import EVAL_SEED, SCENE, reference_batches, teacher_clips
+from omniforcing.inference.export import load_model
+from omniforcing.inference.streaming import generate_streaming_clips
+from omniforcing.pipelines.omniforcing_results import EVAL_SEED, SCENE, Generate, reference_batches, teacher_clips
 from omniforcing.types import ClipSpec
 
 
@@ -37,6 +39,16 @@ def contact_sheet(rows: list[Tensor], frame_stride: int, scale: int = 3) -> Imag
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
 
 
+def model_clips(path: str) -> tuple[Generate, str]:
+    """Clip generation of any saved model: a causal student streams block by block, a teacher makes whole clips."""
+    network, codec, config = load_model(path)
+    if not network.causal:
+        return teacher_clips(path, None)
+    sampler = "few-step, streamed with the KV cache"
+    return (lambda captions, seconds, seed: generate_streaming_clips(network, codec, config, captions, seconds,
+                                                                     seed)), sampler
+
+
 def slug(name: str) -> str:
     """File-name form of a display name."""
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
@@ -45,10 +57,10 @@ def slug(name: str) -> str:
 @torch.no_grad()
 def compare(teachers: dict[str, str], out: Path, clips: int = 8, seconds: int = 2, frame_stride: int = 6,
             seed: int = 0, threads: int | None = None, cache_dir: Path = Path("runs/metric_cache")) -> Report:
-    """Generate with each teacher, write its contact sheet, and measure it.
+    """Generate with each model, write its contact sheet, and measure it.
 
     Args:
-        teachers: display name -> teacher checkpoint (``.ckpt`` or exported folder).
+        teachers: display name -> checkpoint (``.ckpt`` or exported folder) of a teacher or a causal student.
         out: path prefix of the outputs (``<out>_<name>.png``, ``<out>.md``, ``<out>.json``).
         clips: prompts (held-out synthetic captions, seed ``EVAL_SEED``).
         seconds: clip length.
@@ -67,11 +79,11 @@ def compare(teachers: dict[str, str], out: Path, clips: int = 8, seconds: int = 
     suite = MetricSuite(["video_stats", "audio_stats", "sync"])
     suite.prepare_real_stats(batches, fps=clip.fps, sample_rate=clip.sample_rate, cache_dir=cache_dir,
                              description=f"synthetic seed {EVAL_SEED}, {clips} clips of {seconds} s, {SCENE}")
-    table = Table(f"Teachers on each latent space ({clips} held-out prompts, {seconds}-s clips)",
-                  ["teacher", "sampler", "FD video stats", "FD audio stats", "AV-Align", "event F1 (AV)",
+    table = Table(f"Generated clips ({clips} held-out prompts, {seconds}-s clips)",
+                  ["model", "sampler", "FD video stats", "FD audio stats", "AV-Align", "event F1 (AV)",
                    "contact sheet"])
     for name, path in teachers.items():
-        generate, sampler = teacher_clips(path, None)
+        generate, sampler = model_clips(path)
         made = generate(captions, seconds, seed)
         suite.reset()
         suite.update(made.video.permute(0, 1, 4, 2, 3), made.audio[:, None], fps=clip.fps,
@@ -83,7 +95,7 @@ def compare(teachers: dict[str, str], out: Path, clips: int = 8, seconds: int = 
         table.add(name, sampler, values.get("fd_video_stats", float("nan")),
                   values.get("fd_audio_stats", float("nan")), values.get("av_align", float("nan")),
                   values.get("event_f1_audio_visual", float("nan")), sheet.name)
-    table.notes = ("Contact sheets: pairs of rows, the real clip of a prompt above the teacher's clip for it; one "
+    table.notes = ("Contact sheets: pairs of rows, the real clip of a prompt above the model's clip for it; one "
                    f"column every {frame_stride} frames. FD: weight-free statistics extractors (not FVD/FAD).")
     report = Report("codec_comparison", [table])
     out.with_suffix(".md").write_text(report.to_markdown())

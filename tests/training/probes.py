@@ -26,16 +26,34 @@ class ResumeProbe(L.Callback):
 
 
 class BatchKeyRecorder(L.Callback):
-    """Append the keys of every training batch this rank sees to ``<out_dir>/rank<r>.json``."""
+    """Write to ``<out_dir>/rank<r>.json`` the keys of every training batch this rank sees, the validation losses
+    it computed itself (before any reduction) and the ``val/loss`` Lightning reports after syncing the ranks."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
         self.keys: list[str] = []
+        self.local_val_losses: list[float] = []
+        self.reported_val_loss: float | None = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self.keys += [info.key for info in batch.info]
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_losses = type(pl_module).log_losses
+
+        def recording(module, losses, split, batch_size):  # the rank's own value, then the normal logging
+            if split == "val":
+                self.local_val_losses.append(float(losses["loss"]))
+            log_losses(module, losses, split, batch_size)
+
+        pl_module.log_losses = recording.__get__(pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.reported_val_loss = float(trainer.callback_metrics["val/loss"])
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         path = Path(self.out_dir) / f"rank{trainer.global_rank}.json"
-        path.write_text(json.dumps({"keys": self.keys, "world_size": trainer.world_size, "pid": os.getpid()}))
+        path.write_text(json.dumps({"keys": self.keys, "world_size": trainer.world_size, "pid": os.getpid(),
+                                    "local_val_losses": self.local_val_losses,
+                                    "reported_val_loss": self.reported_val_loss}))

@@ -94,7 +94,7 @@ def test_sigkilled_run_resumes_with_state_and_loss_curve(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu_reads_disjoint_shards(tmp_path):
+def test_two_process_ddp_on_cpu_reads_disjoint_shards_and_reduces_val_losses(tmp_path):
     shards = tmp_path / "shards"
     main(["data", "synth", "--out", str(shards), "--clips", "8", "--seconds", "1", "--shard-size", "2"])
     keys_dir = tmp_path / "keys"
@@ -118,3 +118,10 @@ def test_two_process_ddp_on_cpu_reads_disjoint_shards(tmp_path):
     rank0, rank1 = set(seen[0]["keys"]), set(seen[1]["keys"])
     assert rank0 and rank1 and not rank0 & rank1
     assert len(rank0 | rank1) == 8  # every clip once per epoch
+    # validation losses are reduced across ranks: both ranks report the mean over every validation batch of
+    # both ranks (batch size 1), not their own mean
+    local = [s["local_val_losses"] for s in seen]
+    assert local[0] and local[1] and sum(local[0]) / len(local[0]) != sum(local[1]) / len(local[1])
+    everything = local[0] + local[1]
+    for s in seen:
+        assert s["reported_val_loss"] == pytest.approx(sum(everything) / len(everything), rel=1e-5), seen
