@@ -1,4 +1,4 @@
-"""The quickstart (``make demo``): the whole story on built-in synthetic data, on a CPU, in about 15 minutes.
+"""The quickstart (``make demo``): the whole story on built-in synthetic data, on a CPU, in about 10 minutes.
 
 ::
 
