@@ -13,9 +13,14 @@ SHARED_MEDIA = Path(os.environ.get("OMNIFORCING_SHARED_MEDIA", Path(__file__).re
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
+    """Seeded, float32, and one torch thread: the tensors are tiny, and several threads crawl on a shared,
+    busy 2-core machine (the CI machine); the previous thread count is restored after each test."""
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 from omniforcing.bench.codec import run_codec_bench
 from omniforcing.codecs import CausalVideoAutoencoder, save_codec
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is as fast, and several threads crawl on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_quick_codec_bench_measures_every_codec(tmp_path):

@@ -20,10 +20,3 @@ def clips() -> BouncingClips:
     return render_bouncing_clips(4, 1, generator=torch.Generator().manual_seed(7))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Codec tests use small tensors: one thread is as fast and does not oversubscribe a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -23,14 +23,6 @@ RECIPES = ROOT / "recipes"
 TINY_VIDEO_AE = {"latent_channels": 4, "widths": (4, 8, 8), "group_width": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def media_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 synthetic 2-s clips (default scenes: 1-3 objects, room tone) in 2 shards."""

@@ -29,14 +29,6 @@ CODEC = {"class_path": "omniforcing.codecs.AVCodec", "init_args": {
               "init_args": {"n_mels": 16, "griffin_lim_iters": 2, "nnls_iters": 2}}}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def teacher(tmp_path: Path) -> Path:
     """An exported tiny bidirectional teacher with non-zero outputs (perturbed weights)."""

@@ -16,14 +16,6 @@ TINY_NETWORK = dict(video_width=32, audio_width=16, depth=2, video_heads=2, audi
                     text_depth=1, text_heads=2, text_max_length=24)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class LinearAudioCodec(AudioCodec):
     """An exactly causal audio codec for tests: each 40 ms latent decodes on its own by a fixed projection."""
 

@@ -21,14 +21,6 @@ TINY = dict(video_channels=4, video_grid=(2, 2), audio_channels=3, video_width=1
             video_heads=2, audio_heads=2, text_width=16, text_depth=1, text_heads=2, text_max_length=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturbed_model(seed: int = 0) -> DualStreamTransformer:
     torch.manual_seed(seed)
     model = DualStreamTransformer(**TINY)

@@ -17,14 +17,6 @@ TINY = dict(video_channels=4, video_grid=(2, 2), audio_channels=3, video_width=3
 CAPTIONS = ["a red ball bounces", "two cubes collide"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_network(perturb: bool = True, zero_step_embedding: bool = False, seed: int = 0,
                  **overrides) -> DualStreamTransformer:
     """A tiny Mutual Forcing backbone; perturbed so zero-initialised gates and heads are active."""

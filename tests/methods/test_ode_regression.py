@@ -21,14 +21,6 @@ from omniforcing.types import AVLatents
 from test_dmd import perturbed_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(("steps", "shift", "times"), [(48, 1.0, [1.0, 0.75, 0.5, 0.25]),
                                                        (48, 5.0, [1.0, 0.75, 0.5, 0.25]),
                                                        (40, 3.0, [1.0, 0.906, 0.727, 0.421]),

@@ -13,14 +13,6 @@ from test_dmd import TINY
 TIMES = [1.0, 0.75, 0.5, 0.25]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def causal_student(**overrides) -> DualStreamTransformer:
     torch.manual_seed(0)
     model = DualStreamTransformer(**{**TINY, "causal": True, "num_audio_sinks": 2, **overrides})

@@ -17,14 +17,6 @@ TINY = dict(video_channels=4, video_grid=(2, 2), audio_channels=3, video_width=3
             video_heads=2, audio_heads=2, text_width=16, text_depth=1, text_heads=2, text_max_length=24)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturb_(model: torch.nn.Module, scale: float = 0.2, seed: int = 1) -> torch.nn.Module:
     """Add noise to every parameter, so zero-initialised gates and heads are active (every path matters)."""
     gen = torch.Generator().manual_seed(seed)

@@ -26,14 +26,6 @@ TINY_VIDEO_AE = ["--model.init_args.codec.init_args.latent_channels=4",
                  "--model.init_args.codec.init_args.group_width=16"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def scalars(log_dir: Path) -> EventAccumulator:
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "audio": 0, "scalars": 0})
     events.Reload()

@@ -35,14 +35,6 @@ TINY = dict(video_channels=1536, video_grid=(4, 4), audio_channels=256, video_wi
 CAPTIONS = ["a red circle bounces", "a blue square thuds"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_network(seed: int = 0, perturb: bool = False) -> DualStreamTransformer:
     torch.manual_seed(seed)
     network = DualStreamTransformer(**TINY, causal=True, step_size_conditioning=True)

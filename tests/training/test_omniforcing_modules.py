@@ -33,14 +33,6 @@ CODEC_ARGS = dict(video=dict(size=16, patch_size=4), audio=dict(n_mels=16, griff
 CLIP = ClipSpec(seconds=1, size=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_codec(n_mels: int = 16) -> AVCodec:
     return AVCodec(PatchVideoCodec(**CODEC_ARGS["video"]), MelAudioCodec(**{**CODEC_ARGS["audio"], "n_mels": n_mels}))
 
