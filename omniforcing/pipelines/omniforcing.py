@@ -20,13 +20,10 @@ is recorded in ``pipeline.json``, which ``omniforcing.pipelines.omniforcing_resu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -50,27 +47,12 @@ STAGE_FILES = {
 }
 
 
-@contextlib.contextmanager
-def without_argv_flags() -> Iterator[None]:
-    """Hide the pipeline's own flags from ``sys.argv`` while a stage runs in-process with explicit arguments.
-
-    LightningCLI warns when it gets explicit ``args`` while ``sys.argv`` holds other flags (they are the
-    pipeline's, not the stage's, so nothing is mixed up; the warning is noise in every stage's log).
-    """
-    saved = sys.argv
-    sys.argv = saved[:1]
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
 def run_cli(args: list[str]) -> None:
-    """``omniforcing <args>`` in this process."""
+    """``omniforcing <args>`` in this process (``omniforcing.cli.main`` keeps the pipeline's own flags away from
+    LightningCLI)."""
     from omniforcing.cli import main
 
-    with without_argv_flags():
-        main(args)
+    main(args)
 
 
 def logged_wall_seconds(version: Path) -> float:
