@@ -30,36 +30,39 @@ from omniforcing.types import AVBatch, ClipInfo, ClipSpec
 
 
 class StreamLoader(DataLoader):
-    """DataLoader over a :class:`ClipStream` that seeds each pass and fails clearly when a pass yields nothing.
+    """DataLoader over a self-batching stream that seeds each pass and fails clearly when a pass yields nothing.
 
     Args:
-        stream: the batch stream (``batch_size=None``: the stream batches itself).
+        stream: the batch stream with ``set_position(epoch, step)`` (``batch_size=None``: it batches itself),
+            e.g. a :class:`ClipStream` or an ODE-pair stream.
         position: returns ``(epoch, step)`` for the pass about to start.
         num_workers: DataLoader worker processes.
         length: batches per pass, if known.
+        empty_message: says why a pass yielded nothing (default: the shard diagnosis of a :class:`ClipStream`).
     """
 
-    def __init__(self, stream: ClipStream, position: Callable[[], tuple[int, int]], num_workers: int = 0,
-                 length: int | None = None) -> None:
+    def __init__(self, stream: IterableDataset, position: Callable[[], tuple[int, int]], num_workers: int = 0,
+                 length: int | None = None, empty_message: Callable[[], str] | None = None) -> None:
         super().__init__(stream, batch_size=None, num_workers=num_workers, persistent_workers=False)
         self.position = position
         self.length = length
+        self.empty_message = empty_message or (lambda: f"no readable sample in {len(stream.urls)} shards "
+                                                       f"({stream.urls[0]} ...): "
+                                                       f"{diagnose_shards(stream.urls, stream.spec)}")
 
     def __len__(self) -> int:
         if self.length is None:
             raise TypeError("this stream has no fixed length (finite mode: it ends with the data)")
         return self.length
 
-    def __iter__(self) -> Iterator[AVBatch]:
-        stream: ClipStream = self.dataset  # type: ignore[assignment]
-        stream.set_position(*self.position())
+    def __iter__(self) -> Iterator:
+        self.dataset.set_position(*self.position())  # type: ignore[attr-defined]
         batches = 0
         for batch in super().__iter__():
             batches += 1
             yield batch
         if batches == 0:
-            raise RuntimeError(f"no readable sample in {len(stream.urls)} shards ({stream.urls[0]} ...): "
-                               f"{diagnose_shards(stream.urls, stream.spec)}")
+            raise RuntimeError(self.empty_message())
 
 
 def diagnose_shards(urls: list[str], spec: ClipSpec, limit: int = 5) -> str:

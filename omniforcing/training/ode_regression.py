@@ -8,16 +8,16 @@ an error, not a silent shift).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from omniforcing.codecs.base import AVCodec
+from omniforcing.data.datamodule import StreamLoader
 from omniforcing.data.ode_pairs import ODEPairBatch, ODEPairStream
 from omniforcing.data.shards import resolve_shards
 from omniforcing.inference.clips import GeneratedClips
@@ -97,29 +97,11 @@ class ODERegressionLitModule(AVLitModule):
         return stream_clips(self, captions, seconds, seed)
 
 
-class ODEPairLoader(DataLoader):
-    """DataLoader over an :class:`ODEPairStream` that seeds each pass and fails clearly when a pass is empty.
-
-    Args:
-        stream: the pair stream (it batches itself).
-        position: returns ``(epoch, step)`` for the pass about to start.
-        num_workers: DataLoader worker processes.
-    """
-
-    def __init__(self, stream: ODEPairStream, position: Callable[[], tuple[int, int]], num_workers: int = 0) -> None:
-        super().__init__(stream, batch_size=None, num_workers=num_workers)
-        self.position = position
-
-    def __iter__(self) -> Iterator[ODEPairBatch]:
-        stream: ODEPairStream = self.dataset  # type: ignore[assignment]
-        stream.set_position(*self.position())
-        batches = 0
-        for batch in super().__iter__():
-            batches += 1
-            yield batch
-        if batches == 0:
-            raise RuntimeError(f"no readable ODE pair in {len(stream.urls)} shards ({stream.urls[0]} ...); "
-                               f"{stream.counter.summary()}")
+def ode_pair_loader(stream: ODEPairStream, position: Callable[[], tuple[int, int]],
+                    num_workers: int = 0) -> StreamLoader:
+    """A :class:`~omniforcing.data.datamodule.StreamLoader` over ODE pairs (seeded passes, clear empty-pass error)."""
+    return StreamLoader(stream, position, num_workers, empty_message=lambda: (
+        f"no readable ODE pair in {len(stream.urls)} shards ({stream.urls[0]} ...); {stream.counter.summary()}"))
 
 
 class ODEPairDataModule(L.LightningDataModule):
@@ -148,18 +130,18 @@ class ODEPairDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.current_epoch, trainer.global_step) if trainer is not None else (self.passes - 1, 0)
 
-    def train_dataloader(self) -> ODEPairLoader:
+    def train_dataloader(self) -> StreamLoader:
         """Shuffled batches of pairs, one pass over the shards per epoch."""
         stream = ODEPairStream(resolve_shards(self.train_shards), self.batch_size, self.seed, shuffle=True,
                                shuffle_buffer=self.shuffle_buffer)
-        return ODEPairLoader(stream, self._position, self.num_workers)
+        return ode_pair_loader(stream, self._position, self.num_workers)
 
-    def val_dataloader(self) -> ODEPairLoader | list:
+    def val_dataloader(self) -> StreamLoader | list:
         """Validation pairs in order (none without ``val_shards``: validation is skipped)."""
         if self.val_shards is None:
             return []
         stream = ODEPairStream(resolve_shards(self.val_shards), self.batch_size, self.seed, shuffle=False)
-        return ODEPairLoader(stream, lambda: (0, 0), self.num_workers)
+        return ode_pair_loader(stream, lambda: (0, 0), self.num_workers)
 
     def state_dict(self) -> dict[str, Any]:
         """Pass counter (seeds passes when no Trainer is attached)."""

@@ -105,3 +105,20 @@ def test_a_rerun_skips_complete_shards_and_finishes_partial_work(teacher, tmp_pa
         main(["data", "ode-pairs", "--teacher", str(teacher), "--out", str(resumed), "--count", "5",
               "--seconds", "1", "--steps", "8", "--student-times", "[1.0, 0.5, 0.25]", "--shard-size", "2",
               "--seed", "3", "--device", "cpu"])
+
+
+def test_a_pass_without_readable_pairs_fails_naming_the_shards_and_the_skips(tmp_path):
+    import io
+    import tarfile
+
+    from omniforcing.training import ODEPairDataModule
+
+    shard = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard, "w") as tar:  # one sample whose arrays are not npy files
+        for name, data in (("00000000.json", b'{"caption": "x"}'), ("00000000.video_states.npy", b"junk")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    loader = ODEPairDataModule(str(tmp_path), num_workers=0).train_dataloader()
+    with pytest.raises(RuntimeError, match=r"no readable ODE pair in 1 shards .*shard-000000.tar.*skipped"):
+        list(loader)
