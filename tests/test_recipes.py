@@ -78,3 +78,14 @@ def test_unmatched_codec_and_network_fail_with_a_clear_message(tmp_path):
     with pytest.raises(ValueError, match="latent geometry"):
         OmniCLI(run=False, args=[*args, "--model.init_args.network.init_args.video_channels=16",
                                  f"--trainer.logger.init_args.save_dir={tmp_path}"], **_cli_kwargs())
+
+
+def test_batch_counts_reach_the_trainer_as_counts(tmp_path):
+    """jsonargparse turns `int | float` into float when Lightning is imported; 2.0 would mean twice the epoch."""
+    files = ["base.yaml", "data/synthetic.yaml", "teacher/joint.yaml", "latents/patch.yaml", "model/tiny.yaml"]
+    cli = OmniCLI(run=False, args=[*_args(files), f"--trainer.logger.init_args.save_dir={tmp_path}",
+                                   "--trainer.val_check_interval=50", "--trainer.limit_train_batches=0.5"],
+                  **_cli_kwargs())
+    assert cli.trainer.limit_val_batches == 2 and isinstance(cli.trainer.limit_val_batches, int)  # base.yaml
+    assert cli.trainer.val_check_interval == 50 and isinstance(cli.trainer.val_check_interval, int)
+    assert cli.trainer.limit_train_batches == 0.5  # a fraction stays a fraction

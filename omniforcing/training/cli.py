@@ -42,11 +42,34 @@ def newest_last_checkpoint(run_root: Path) -> Path | None:
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
+BATCH_COUNT_ARGS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                    "val_check_interval")
+"""Trainer arguments typed ``int | float`` where an int counts batches and a float is a fraction of an epoch."""
+
+
+def restore_batch_counts(trainer_config) -> None:
+    """Turn ``2.0`` back into ``2`` for the batch-count arguments (in place).
+
+    With Lightning imported, jsonargparse resolves ``int | float`` values to float (Lightning issue #21259), so
+    a recipe's ``limit_val_batches: 2`` would reach the Trainer as 2.0 — "twice the epoch" — and never limit
+    anything. A whole number above 1 can only mean a count; ``1`` stays ambiguous and keeps Lightning's
+    meaning of ``1.0`` (the whole epoch).
+    """
+    for name in BATCH_COUNT_ARGS:
+        value = trainer_config.get(name)
+        if isinstance(value, float) and value > 1 and value.is_integer():
+            trainer_config[name] = int(value)
+
+
 class OmniCLI(LightningCLI):
     """LightningCLI with the project's links, config logging and ``--ckpt_path last`` across run versions."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.init_args.clip", "model.init_args.clip")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        restore_batch_counts(config["trainer"])
 
     def before_fit(self) -> None:
         """Resolve ``--ckpt_path last`` to the newest ``last.ckpt`` of any earlier version of this run.
