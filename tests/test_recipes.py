@@ -89,3 +89,16 @@ def test_batch_counts_reach_the_trainer_as_counts(tmp_path):
     assert cli.trainer.limit_val_batches == 2 and isinstance(cli.trainer.limit_val_batches, int)  # base.yaml
     assert cli.trainer.val_check_interval == 50 and isinstance(cli.trainer.val_check_interval, int)
     assert cli.trainer.limit_train_batches == 0.5  # a fraction stays a fraction
+
+
+@pytest.mark.parametrize("data", [["data/synthetic.yaml", "codec/synthetic_scenes.yaml"], ["data/shards.yaml"]],
+                         ids=["synthetic", "shards"])
+@pytest.mark.parametrize("codec", ["codec/video_ae.yaml", "codec/audio_ae.yaml"], ids=["video_ae", "audio_ae"])
+def test_codec_recipes_parse_and_instantiate_with_either_data_source(codec, data, tmp_path):
+    import lightning as L
+
+    # codec training is not a method (no AVLitModule): the real CLI accepts any LightningModule
+    cli = OmniCLI(run=False, args=[*_args(["base.yaml", *data, codec]),
+                                   f"--trainer.logger.init_args.save_dir={tmp_path}"],
+                  **{**_cli_kwargs(), "model_class": L.LightningModule})
+    assert type(cli.model).__name__ == "CodecLitModule" and cli.model.clip == cli.datamodule.clip

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import json
 
-import torch
 
 from omniforcing.cli import main
 
 
 def test_data_bench_quick_prints_tables_and_writes_json(tmp_path, capsys):
-    threads = torch.get_num_threads()
-    try:
-        main(["bench", "--suite", "data", "--quick", "true", "--out", str(tmp_path / "data.json")])
-    finally:
-        torch.set_num_threads(threads)
+    main(["bench", "--suite", "data", "--quick", "true", "--out", str(tmp_path / "data.json")])
     printed = capsys.readouterr().out
     assert "### AVDataModule train loader" in printed and "### Synthetic data generation" in printed
     summary = json.loads((tmp_path / "data.json").read_text())["summary"]

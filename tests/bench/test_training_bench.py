@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
-import torch
 
 from omniforcing.bench.training import TrainingBenchConfig, presets_table
 from omniforcing.cli import main
 from omniforcing.types import AUDIO_LATENT_RATE, ClipSpec
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def test_presets_table_quick_has_a_tiny_teacher_row_with_latent_token_counts(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # the learned-latents recipe names the shipped codec weights relative to the root
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        config = TrainingBenchConfig.make(quick=True)
-        table, summary = presets_table(config, quick=True, root=tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+def test_presets_table_quick_has_a_tiny_teacher_row_with_latent_token_counts(tmp_path):
+    config = TrainingBenchConfig.make(quick=True)
+    table, summary = presets_table(config, quick=True, root=tmp_path)
     assert [row[0] for row in table.rows] == ["tiny"]
     row = dict(zip(table.columns, table.rows[0]))
     assert row["parameters"] > 0 and row["measured steps"] == config.steps
@@ -52,13 +42,8 @@ def test_presets_table_reports_a_missing_codec_as_not_available(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_training_bench_quick_times_every_method(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(REPO)
-    threads = torch.get_num_threads()
-    try:
-        main(["bench", "--suite", "training", "--quick", "true", "--out", str(tmp_path / "training.json")])
-    finally:
-        torch.set_num_threads(threads)
+def test_training_bench_quick_times_every_method(tmp_path, capsys):
+    main(["bench", "--suite", "training", "--quick", "true", "--out", str(tmp_path / "training.json")])
     printed = capsys.readouterr().out
     assert "### Training step time and memory per method" in printed and "not available" not in printed
     assert "### Teacher training throughput per model preset" in printed
