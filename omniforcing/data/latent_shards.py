@@ -237,7 +237,7 @@ def check_resume(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
 def write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
     """Write a tar shard under a temporary name and rename it, so an existing shard is always complete."""
     partial = path.with_name(path.name + ".partial")
-    writer = wds.TarWriter(str(partial), encoder=False, mtime=0.0)
+    writer = wds.TarWriter(str(partial), encoder=False, mtime=0)
     for key, members in samples:
         writer.write({"__key__": key, **members})
     writer.close()

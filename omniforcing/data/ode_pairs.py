@@ -179,7 +179,7 @@ def write_shard(out: str | Path, shard: int, samples: Iterable[tuple[int, dict[s
     """Write ``(clip index, members)`` samples as shard ``shard`` atomically (temporary file, then rename)."""
     final = shard_file(out, shard)
     tmp = final.with_name(f".{final.name}.tmp")
-    with wds.TarWriter(str(tmp), encoder=False, mtime=0.0) as writer:
+    with wds.TarWriter(str(tmp), encoder=False, mtime=0) as writer:
         for index, members in samples:
             writer.write({"__key__": sample_key(index), **members})
     tmp.replace(final)

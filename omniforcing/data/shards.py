@@ -2,8 +2,9 @@
 
 A shard is a plain tar file ``shard-000000.tar`` holding samples; a sample is the set of members that share
 a key (``00000012.mp4`` + ``00000012.json``). Keys are zero-padded running numbers without dots, because
-WebDataset splits member names at the first dot. Tar members are written with a fixed mtime, so the same
-samples give byte-identical shards.
+WebDataset splits member names at the first dot. Tar members are written with a fixed integer mtime (0, so
+no pax header is needed), fixed owner and mode, and the media inside is encoded bit-exactly
+(:mod:`omniforcing.data.media`), so the same samples give byte-identical shards whenever they are written.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class ShardSink:
         self.close()
         name = SHARD_NAME.format(len(self.shards))
         self.shards.append(name)
-        self._writer = wds.TarWriter(str(self.out / name), encoder=False, mtime=0.0)
+        self._writer = wds.TarWriter(str(self.out / name), encoder=False, mtime=0)
 
     def close(self) -> None:
         """Finish the current shard."""
