@@ -2,6 +2,13 @@
 
 Lightning's built-in weight averaging covers the whole LightningModule, which for distillation would average
 the frozen teacher and the critic too (STYLE.md §3.4), so this callback tracks one named attribute.
+
+The average advances once per optimiser step *of the tracked network*, not once per batch or per
+``global_step``: the DMD stages (OmniForcing I and III) update the critic every batch and the generator once
+per ``critic_steps_per_generator_step`` batches, so a per-batch EMA would decay by ``decay**5`` per generator
+update, and ``global_step`` counts critic steps too. An optimiser step belongs to the network when its
+parameter groups hold any of the network's parameters (seen in ``on_before_optimizer_step``, which Lightning
+calls for automatic and manual optimisation alike); steps skipped by gradient accumulation are not counted.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ class EMA(L.Callback):
     """Keep ``shadow = decay * shadow + (1 - decay) * param`` for ``pl_module.<target>``.
 
     Args:
-        decay: EMA decay per update.
-        start_step: optimiser steps before the average starts (it copies the weights at that step).
-        update_every: update every this many optimiser steps.
+        decay: EMA decay per update (one update per optimiser step of the tracked network).
+        start_step: optimiser steps of the tracked network before the average starts (it copies the weights at
+            that step).
+        update_every: update every this many optimiser steps of the tracked network.
         target: attribute of the LightningModule to track.
         use_for_validation: swap the averaged weights in during validation and sampling.
     """
@@ -35,19 +43,31 @@ class EMA(L.Callback):
         self.target, self.use_for_validation = target, use_for_validation
         self.shadow: dict[str, Tensor] = {}
         self.num_updates = 0
+        self.network_steps = 0  # optimiser steps that updated the tracked network
+        self._network_parameters: set[int] = set()
+        self._stepped = False  # an optimiser of the tracked network stepped during this batch
         self._swap_context: AbstractContextManager | None = None  # open while validation runs on the EMA weights
 
     def _module(self, pl_module: L.LightningModule) -> nn.Module:
         return getattr(pl_module, self.target)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        device = next(self._module(pl_module).parameters()).device
-        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}  # restored on CPU by a resume
+        parameters = list(self._module(pl_module).parameters())
+        self._network_parameters = {id(p) for p in parameters}
+        self.shadow = {k: v.to(parameters[0].device) for k, v in self.shadow.items()}  # resumes restore on CPU
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        if any(id(p) in self._network_parameters for group in optimizer.param_groups for p in group["params"]):
+            self._stepped = True
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if step < self.start_step or step % self.update_every:
+        if not self._stepped:
+            return  # a critic-only batch, or one accumulating gradients
+        self._stepped = False
+        self.network_steps += 1
+        if self.network_steps < self.start_step or self.network_steps % self.update_every:
             return
         params = {k: v.detach() for k, v in self._module(pl_module).state_dict().items()}
         if not self.shadow:
@@ -85,8 +105,11 @@ class EMA(L.Callback):
             self._swap_context = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {EMA_STATE_KEY: self.shadow, "num_updates": self.num_updates, "decay": self.decay}
+        return {EMA_STATE_KEY: self.shadow, "num_updates": self.num_updates, "network_steps": self.network_steps,
+                "decay": self.decay}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.shadow = dict(state_dict.get(EMA_STATE_KEY, {}))
         self.num_updates = int(state_dict.get("num_updates", 0))
+        # checkpoints written before network steps were counted: one update per step from step 1 (the defaults)
+        self.network_steps = int(state_dict.get("network_steps", self.num_updates))

@@ -216,10 +216,18 @@ def keep_plain_hyperparameters(hparams: dict) -> None:
         del hparams[key]
 
 
+# (substring of a parameter name, logging group), first match wins: a stream's cross-modal attention
+# (``layers.N.video.cross_attn``) is ``cross`` before it is ``video``; text attention inside a stream is ``text``.
+PARAMETER_GROUPS = (("sink", "sinks"), ("cross_attn", "cross"), ("text", "text"), ("video", "video"),
+                    ("audio", "audio"))
+
+
 def parameter_group(name: str) -> str:
-    """Which logging group a parameter name belongs to (``sinks``, ``cross``, ``text``, ``video``, ``audio``)."""
+    """Which logging group a parameter name belongs to (``sinks``, ``cross``, ``text``, ``video``, ``audio``).
+
+    ``cross`` is the audio<->video attention (query/key/value/output projections and norms of
+    ``StreamLayer.cross_attn``); its zero-initialised gates are rows of each stream's AdaLN modulation and count
+    with that stream.
+    """
     lowered = name.lower()
-    for key in ("sink", "cross_modal", "a2v", "v2a", "text", "video", "audio"):
-        if key in lowered:
-            return {"sink": "sinks", "cross_modal": "cross", "a2v": "cross", "v2a": "cross"}.get(key, key)
-    return "shared"
+    return next((group for key, group in PARAMETER_GROUPS if key in lowered), "shared")

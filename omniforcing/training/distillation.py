@@ -15,7 +15,8 @@ counts both kinds (with ratio ``r``: ``r + 1`` steps per ``r`` batches). Gradien
 their norms are logged, so the logged norms are the raw ones (explosions are visible).
 
 Checkpoints: the frozen teacher is not written (it is rebuilt from ``teacher_from``); network, critic,
-optimiser states and the batch counter are. The EMA callback tracks ``network`` only.
+optimiser states and the batch counter are. The EMA callback tracks ``network`` only and advances once per
+generator step (it recognises the generator optimiser by its parameters), not once per batch.
 """
 
 from __future__ import annotations
