@@ -386,7 +386,59 @@ def write_mp4(path: str | Path, video: Tensor | np.ndarray, fps: int, audio: Ten
     return path
 
 
-class StreamingMp4Writer:
+class _BlockMp4Encoder:
+    """Fragmented H.264 + AAC mp4 fed one block at a time; the output container is the subclass's.
+
+    Shared by :class:`StreamingMp4Writer` (a growing file) and :class:`Mp4FragmentStream` (bytes for a live
+    player): the container opens at the first block's frame size, every block starts with a keyframe, and the
+    encoders run in low-latency mode (:class:`_Mp4Muxer`).
+    """
+
+    def __init__(self, fps: int, sample_rate: int, channels: int, crf: int, pixel_format: PixelFormat) -> None:
+        self.fps, self.sample_rate, self.channels, self.crf = fps, sample_rate, channels, crf
+        self.pixel_format = pixel_format
+        self._container: av.container.OutputContainer | None = None
+        self._muxer: _Mp4Muxer | None = None
+        self._closed = False
+
+    def _open_container(self) -> av.container.OutputContainer:
+        raise NotImplementedError
+
+    def _encode(self, video: Tensor | np.ndarray, audio: Tensor | np.ndarray | None) -> None:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        frames = _as_video_array(video)
+        if self._muxer is None:
+            self._container = self._open_container()
+            self._muxer = _Mp4Muxer(self._container, self.fps, frames.shape[1], frames.shape[2], self.sample_rate,
+                                    self.channels, self.crf, self.pixel_format, low_latency=True)
+        elif (frames.shape[1], frames.shape[2]) != (self._muxer.video.height, self._muxer.video.width):
+            raise ValueError(f"frame size changed from {self._muxer.video.height}x{self._muxer.video.width} "
+                             f"to {frames.shape[1]}x{frames.shape[2]}")
+        self._muxer.add_video(frames, keyframe_first=True)
+        if audio is not None:
+            self._muxer.add_audio(_as_audio_array(audio))
+
+    def _finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._muxer is not None and self._container is not None:
+            self._muxer.finish()
+            self._container.close()
+
+    @property
+    def frames_written(self) -> int:
+        """Video frames passed in so far."""
+        return self._muxer.frames if self._muxer else 0
+
+    @property
+    def samples_written(self) -> int:
+        """Audio samples (per channel) passed in so far."""
+        return self._muxer.samples if self._muxer else 0
+
+
+class StreamingMp4Writer(_BlockMp4Encoder):
     """Write a fragmented mp4 block by block, so that the file plays (and decodes) while it grows.
 
     Each :meth:`write` call takes one block of frames and its audio; the block's first frame is a keyframe,
@@ -407,55 +459,126 @@ class StreamingMp4Writer:
 
     def __init__(self, path: str | Path, fps: int, sample_rate: int = 16000, channels: int = 1,
                  crf: int = DEFAULT_CRF, pixel_format: PixelFormat = "yuv420p") -> None:
+        super().__init__(fps, sample_rate, channels, crf, pixel_format)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fps, self.sample_rate, self.channels, self.crf = fps, sample_rate, channels, crf
-        self.pixel_format = pixel_format
-        self._container: av.container.OutputContainer | None = None
-        self._muxer: _Mp4Muxer | None = None
-        self._closed = False
 
-    def _open(self, height: int, width: int) -> _Mp4Muxer:
+    def _open_container(self) -> av.container.OutputContainer:
         options = {"movflags": "frag_keyframe+delay_moov+default_base_moof", "flush_packets": "1"}
-        self._container = av.open(str(self.path), mode="w", format="mp4", options=options)
-        return _Mp4Muxer(self._container, self.fps, height, width, self.sample_rate, self.channels, self.crf,
-                         self.pixel_format, low_latency=True)
+        return av.open(str(self.path), mode="w", format="mp4", options=options)
 
     def write(self, video: Tensor | np.ndarray, audio: Tensor | np.ndarray | None = None) -> None:
         """Append one block: ``video (T, H, W, 3)`` uint8 and ``audio (S,)`` or ``(C, S)`` float32 in ``[-1, 1]``."""
-        if self._closed:
-            raise RuntimeError(f"StreamingMp4Writer for {self.path} is closed")
-        frames = _as_video_array(video)
-        if self._muxer is None:
-            self._muxer = self._open(frames.shape[1], frames.shape[2])
-        elif (frames.shape[1], frames.shape[2]) != (self._muxer.video.height, self._muxer.video.width):
-            raise ValueError(f"frame size changed from {self._muxer.video.height}x{self._muxer.video.width} "
-                             f"to {frames.shape[1]}x{frames.shape[2]}")
-        self._muxer.add_video(frames, keyframe_first=True)
-        if audio is not None:
-            self._muxer.add_audio(_as_audio_array(audio))
-
-    @property
-    def frames_written(self) -> int:
-        """Video frames passed to :meth:`write` so far."""
-        return self._muxer.frames if self._muxer else 0
-
-    @property
-    def samples_written(self) -> int:
-        """Audio samples (per channel) passed to :meth:`write` so far."""
-        return self._muxer.samples if self._muxer else 0
+        self._encode(video, audio)
 
     def close(self) -> None:
         """Flush the encoders and finalise the file (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._muxer is not None and self._container is not None:
-            self._muxer.finish()
-            self._container.close()
+        self._finish()
 
     def __enter__(self) -> StreamingMp4Writer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+FRAGMENT_MICROSECONDS = 40_000
+"""Target duration of one :class:`Mp4FragmentStream` fragment (about one video frame). The muxer closes a
+fragment when a packet arrives after this much media, so what a block leaves inside the encoders and the
+interleaver (the AAC encoder's delay, the last frames) goes out with the next block: after block ``k`` the
+bytes decode to all but the last ~0.25 s of it (measured on 24 fps / 16 kHz blocks). Fragments at every frame
+(``frag_every_frame``) would be shorter still, but FFmpeg then writes wrong sample times (48 of 73 frames
+decoded); fragments at keyframes (the file writer's choice) would hold a whole block back."""
+
+
+class _ByteSink:
+    """A write-only file object (PyAV then treats the output as unseekable) that collects what is written."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes | memoryview) -> int:
+        self.data += chunk
+        return len(chunk)
+
+
+def _whole_boxes(data: bytes | bytearray) -> list[tuple[bytes, int, int]]:
+    """``(type, start, end)`` of the whole top-level ISO-BMFF boxes (``size``, ``type``, payload) that
+    ``data`` starts with; an incomplete last box is left out."""
+    boxes, offset = [], 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset:offset + 4], "big")
+        if size == 1 and offset + 16 <= len(data):  # a 64-bit size follows the type
+            size = int.from_bytes(data[offset + 8:offset + 16], "big")
+        if size < 8 or offset + size > len(data):
+            break
+        boxes.append((bytes(data[offset + 4:offset + 8]), offset, offset + size))
+        offset += size
+    return boxes
+
+
+class Mp4FragmentStream(_BlockMp4Encoder):
+    """Fragmented mp4 in memory, block by block, for a live player (a browser's Media Source Extensions).
+
+    :meth:`write` takes one block and returns the whole top-level boxes the muxer finished meanwhile: the
+    first non-empty return starts with the init segment (``ftyp`` + ``moov``; ``delay_moov`` writes it with
+    the first fragment, so it carries the AAC priming edit list and audio stays in sync), then ``moof`` +
+    ``mdat`` fragments of about :data:`FRAGMENT_MICROSECONDS` each. Concatenated, the returns of every
+    :meth:`write` and of :meth:`close` are one valid mp4 (the same frames and samples as the file writer).
+
+    Args:
+        fps: video frame rate.
+        sample_rate: audio rate in Hz (0: no audio track).
+        channels: 1 (mono) or 2 (stereo).
+        crf: x264 quality.
+        pixel_format: chroma layout; ``yuv420p`` (the only one browsers decode).
+    """
+
+    def __init__(self, fps: int, sample_rate: int = 16000, channels: int = 1, crf: int = DEFAULT_CRF,
+                 pixel_format: PixelFormat = "yuv420p") -> None:
+        super().__init__(fps, sample_rate, channels, crf, pixel_format)
+        self._sink = _ByteSink()
+        self.init_segment: bytes | None = None
+        """``ftyp`` + ``moov`` once the muxer has written them (``None`` before the first fragment)."""
+
+    def _open_container(self) -> av.container.OutputContainer:
+        # skip_trailer: no ``mfra`` seek index at the end; a live player never seeks by it and MSE parsers
+        # expect only moof/mdat after the init segment.
+        options = {"movflags": "delay_moov+default_base_moof+skip_trailer", "frag_duration": str(FRAGMENT_MICROSECONDS),
+                   "flush_packets": "1"}
+        return av.open(self._sink, mode="w", format="mp4", options=options)
+
+    def write(self, video: Tensor | np.ndarray, audio: Tensor | np.ndarray | None = None) -> bytes:
+        """Encode one block (``video (T, H, W, 3)`` uint8, ``audio (S,)`` or ``(C, S)`` float32 in ``[-1, 1]``);
+        returns the bytes now complete (possibly empty)."""
+        self._encode(video, audio)
+        return self._take()
+
+    def close(self) -> bytes:
+        """Flush the encoders; returns the remaining bytes (empty when already closed)."""
+        self._finish()
+        return self._take()
+
+    def _take(self) -> bytes:
+        boxes = _whole_boxes(self._sink.data)
+        length = boxes[-1][2] if boxes else 0
+        out = bytes(self._sink.data[:length])
+        del self._sink.data[:length]
+        if self.init_segment is None:
+            moov_end = next((end for kind, _, end in boxes if kind == b"moov"), None)
+            self.init_segment = None if moov_end is None else out[:moov_end]
+        return out
+
+    @property
+    def mime_type(self) -> str | None:
+        """``video/mp4; codecs="avc1.PPCCLL, mp4a.40.2"`` from the init segment, for
+        ``MediaSource.isTypeSupported`` and ``addSourceBuffer`` (``None`` before the init segment exists)."""
+        if self.init_segment is None:
+            return None
+        avcc = self.init_segment.find(b"avcC")
+        # avcC payload: configurationVersion, AVCProfileIndication, profile_compatibility, AVCLevelIndication
+        profile = self.init_segment[avcc + 5:avcc + 8].hex()
+        # FFmpeg's native AAC encoder writes AAC-LC (audio object type 2).
+        codecs = [f"avc1.{profile}"] + (["mp4a.40.2"] if self.sample_rate else [])
+        return f'video/mp4; codecs="{", ".join(codecs)}"'
+
