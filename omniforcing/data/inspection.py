@@ -16,7 +16,7 @@ import numpy as np
 
 from omniforcing.data.decoding import AUDIO_LATENTS, VIDEO_LATENTS, BadSampleError, parse_metadata
 from omniforcing.data.media import MediaError, read_av
-from omniforcing.data.shards import iter_tar_samples, resolve_shards
+from omniforcing.data.shards import ShardDamageError, iter_tar_samples, resolve_shards
 
 
 @dataclass
@@ -32,6 +32,8 @@ class ShardSummary:
         latent_shapes: how many latent samples had each ``(video shape, audio shape)``.
         captions: up to ``max_captions`` example captions.
         unreadable: ``(shard, key, reason)`` of each unusable sample or shard.
+        lost: samples lost after the damage in shards that could not be read to their end.
+        damaged: names of those shards.
     """
 
     shards: list[str] = field(default_factory=list)
@@ -44,6 +46,8 @@ class ShardSummary:
     latent_shapes: Counter = field(default_factory=Counter)
     captions: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)
+    lost: int = 0
+    damaged: list[str] = field(default_factory=list)
 
     @property
     def samples(self) -> int:
@@ -98,6 +102,8 @@ def inspect_shards(spec: str | Path, max_captions: int = 5) -> ShardSummary:
                     summary.unreadable.append((name, key, str(error)))
         except (tarfile.TarError, OSError, EOFError) as error:
             summary.unreadable.append((name, "-", f"unreadable shard data: {error}"))
+            summary.damaged.append(name)
+            summary.lost += error.lost if isinstance(error, ShardDamageError) else 0
     return summary
 
 
@@ -123,4 +129,7 @@ def format_summary(summary: ShardSummary) -> str:
     lines += [f"  - {shard} {key}: {reason}" for shard, key, reason in summary.unreadable[:20]]
     if len(summary.unreadable) > 20:
         lines.append(f"  ... and {len(summary.unreadable) - 20} more")
+    if summary.damaged:
+        lines.append(f"damaged shards: {len(summary.damaged)} ({', '.join(summary.damaged)}), "
+                     f"{summary.lost} samples lost after the damage")
     return "\n".join(lines)

@@ -35,7 +35,15 @@ from torch.utils.data import IterableDataset
 
 from omniforcing.data.decoding import BadSampleError, load_float_npy
 from omniforcing.data.pipeline import SkipCounter, stream_seed
-from omniforcing.data.shards import MANIFEST_NAME, SHARD_NAME, json_bytes, sample_key, write_manifest
+from omniforcing.data.shards import (
+    MANIFEST_NAME,
+    SHARD_NAME,
+    iter_tar_samples,
+    json_bytes,
+    sample_key,
+    shard_samples,
+    write_manifest,
+)
 from omniforcing.types import AVLatents
 
 VIDEO_STATES = "video_states.npy"
@@ -155,8 +163,7 @@ def shard_file(out: str | Path, shard: int) -> Path:
 def count_samples(path: str | Path) -> int:
     """Samples (``json`` members) in a shard; -1 if the tar cannot be read to the end."""
     try:
-        with tarfile.open(path, mode="r") as archive:
-            return sum(1 for info in archive if info.isfile() and info.name.endswith(".json"))
+        return sum("json" in members for _, members in iter_tar_samples(path))
     except (tarfile.TarError, OSError, EOFError):
         return -1
 
@@ -246,18 +253,13 @@ class ODEPairStream(IterableDataset):
         urls = list(self.urls)
         if self.shuffle:
             random.Random(stream_seed(self.seed, self.epoch, self.step)).shuffle(urls)
-        read = wds.tarfile_to_samples(handler=self._tar_error)
+        read = lambda sources: shard_samples(sources, self.counter.damaged_shard)
         if len(urls) >= slots:
             yield from read(iter([{"url": u} for u in urls[slot::slots]]))
             return
         for position, sample in enumerate(read(iter([{"url": u} for u in urls]))):
             if position % slots == slot:
                 yield sample
-
-    def _tar_error(self, error: Exception) -> bool:
-        """WebDataset handler: a broken shard is counted, logged and skipped (the stream goes on)."""
-        self.counter.skip("<tar>", f"unreadable shard data: {error.args[0] if error.args else error}")
-        return True
 
     def _decode(self, samples: Iterator[dict[str, Any]]) -> Iterator[ODEPair]:
         for sample in samples:

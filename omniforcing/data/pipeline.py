@@ -10,7 +10,9 @@ seeded from ``(seed, epoch, step)`` of that pass and the ``(rank, worker)`` it r
   infinite stream cut into epochs of ``batches_per_worker`` batches.
 
 Bad samples (unreadable tar member, truncated or audio-less mp4, wrong rates or sizes, short clips) are
-skipped and counted by :class:`SkipCounter`, which logs the reason; nothing is ever unpickled.
+skipped and counted by :class:`SkipCounter`, which logs the reason; nothing is ever unpickled. A shard that
+cannot be read to its end (:class:`~omniforcing.data.shards.ShardDamageError`) counts once per pass, is named
+in the log, and the samples lost after the damage are counted.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ from omniforcing.data.decoding import (
     decode_sample,
     sample_kind,
 )
+from omniforcing.data.shards import ShardDamageError, shard_samples
 from omniforcing.types import AVBatch, ClipSpec
 
 log = logging.getLogger(__name__)
+
+UNREADABLE_SHARD = "unreadable shard data"
+"""The skip reason of a shard that could not be read to its end."""
 
 MAX_LEADING_SKIPS = 200
 """A resampled stream that skips this many samples before its first good one stops with an error."""
@@ -55,7 +61,9 @@ class SkipCounter:
     verbose: int = 10
     skipped: int = 0
     good: int = 0
+    lost: int = 0
     reasons: Counter = field(default_factory=Counter)
+    damaged: list[str] = field(default_factory=list)
 
     def skip(self, key: str, reason: str) -> None:
         """Record one skipped sample."""
@@ -64,10 +72,25 @@ class SkipCounter:
         if self.skipped <= self.verbose or self.skipped % 100 == 0:
             log.warning("skipping bad sample %r: %s (%d skipped so far in this process)", key, reason, self.skipped)
 
+    def damaged_shard(self, shard: str, error: Exception) -> None:
+        """Record a shard that could not be read to its end: one skip, plus the samples lost after the damage
+        (:class:`~omniforcing.data.shards.ShardDamageError`; unknown, so 0, when not even its start reads)."""
+        lost = error.lost if isinstance(error, ShardDamageError) else 0
+        self.skipped += 1
+        self.lost += lost
+        self.reasons[UNREADABLE_SHARD] += 1
+        self.damaged.append(shard)
+        log.warning("skipping damaged shard %s: %s: %s (%d samples lost in %d damaged shards so far in this "
+                    "process)", shard, UNREADABLE_SHARD, error, self.lost, len(self.damaged))
+
     def summary(self) -> str:
-        """``"N skipped (reason: count, ...)"``."""
+        """``"N skipped (reason: count, ...)"``, then the samples lost in damaged shards and their names."""
         reasons = ", ".join(f"{reason}: {count}" for reason, count in self.reasons.most_common(5))
-        return f"{self.skipped} skipped ({reasons})" if self.skipped else "0 skipped"
+        text = f"{self.skipped} skipped ({reasons})" if self.skipped else "0 skipped"
+        if self.damaged:
+            names = ", ".join(dict.fromkeys(self.damaged))
+            text += f"; {self.lost} samples lost in damaged shards ({names})"
+        return text
 
 
 class ClipStream(IterableDataset):
@@ -116,23 +139,17 @@ class ClipStream(IterableDataset):
             random.Random(stream_seed(self.seed, self.epoch, self.step)).shuffle(urls)
         return [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
 
-    def _tar_error(self, error: Exception) -> bool:
-        """WebDataset handler for errors while reading a tar: count once per shard, log, go on with the next one.
-
-        WebDataset reports a broken tar stream twice (member and shard level); both name the shard.
-        """
-        text = " ".join(str(arg) for arg in error.args)
-        shard = next((url for url in self.urls if url in text), text)
+    def _tar_error(self, shard: str, error: Exception) -> None:
+        """A shard that could not be read to its end: counted once per pass (a resampled pass may draw it again)."""
         if shard not in self._broken:
             self._broken.add(shard)
-            self.counter.skip("<tar>", f"unreadable shard data: {error.args[0] if error.args else error}")
-        return True
+            self.counter.damaged_shard(shard, error)
 
     def __iter__(self) -> Iterator[AVBatch]:
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         self._broken = set()
         rng = random.Random(stream_seed(self.seed, self.epoch, self.step, rank, worker))
-        stages = [*self._shard_source(rank, worker), wds.tarfile_to_samples(handler=self._tar_error)]
+        stages = [*self._shard_source(rank, worker), lambda sources: shard_samples(sources, self._tar_error)]
         if self.shuffle and self.shuffle_buffer > 1:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 32), rng=rng))
         stages += [lambda samples: self._decode(samples, rng if self.shuffle else None),

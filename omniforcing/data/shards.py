@@ -12,9 +12,9 @@ from __future__ import annotations
 import glob
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import braceexpand
 import webdataset as wds
@@ -112,26 +112,108 @@ def resolve_shards(spec: str) -> list[str]:
     return paths
 
 
+class ShardDamageError(tarfile.ReadError):
+    """A shard whose tar data stops being readable before the end of its file.
+
+    Python's ``tarfile`` takes a bad header after the first member for the end of the archive, so this is
+    detected after the fact: the bytes after the last readable member must be the tar end-of-archive blocks.
+
+    Args:
+        shard: the shard file.
+        problem: what is wrong there.
+        offset: byte of the tar stream where reading stopped.
+        lost: samples (distinct keys) whose members lie after ``offset`` and could not be read.
+    """
+
+    def __init__(self, shard: str | Path, problem: str, offset: int, lost: int) -> None:
+        after = f"{lost} samples after it lost" if lost else "nothing readable after it"
+        super().__init__(f"{problem} at byte {offset}; {after}")
+        self.shard, self.problem, self.offset, self.lost = str(shard), problem, offset, lost
+
+
+def member_key(name: str) -> str:
+    """The sample key of a tar member name (file name up to its first dot)."""
+    return Path(name).name.partition(".")[0]
+
+
+def _tail_problem(stream: BinaryIO, offset: int) -> str | None:
+    """Why the bytes from ``offset`` on are not a tar end (zero blocks), or ``None`` when they are."""
+    stream.seek(offset)
+    seen = 0
+    while chunk := stream.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            return "unreadable tar header"
+        seen += len(chunk)
+    return None if seen >= tarfile.BLOCKSIZE else "no end-of-archive blocks (file cut short)"
+
+
+def _keys_after(stream: BinaryIO, offset: int) -> set[str]:
+    """Keys of the members whose headers lie at or after ``offset``, found by trying every 512-byte block as
+    a header and skipping the data of each header found (GNU tar's resynchronisation after a bad header)."""
+    keys: set[str] = set()
+    position = offset
+    stream.seek(position)
+    while len(block := stream.read(tarfile.BLOCKSIZE)) == tarfile.BLOCKSIZE:
+        try:
+            info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+        except tarfile.HeaderError:
+            position += tarfile.BLOCKSIZE
+            continue
+        if info.isfile():
+            keys.add(member_key(info.name))
+        position += tarfile.BLOCKSIZE * (1 + -(-info.size // tarfile.BLOCKSIZE))
+        stream.seek(position)
+    return keys
+
+
 def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Read the samples of one shard in order as ``(key, {extension: bytes})``.
 
-    A damaged tar ends the iteration with ``tarfile.TarError`` (or ``OSError``/``EOFError``) raised
-    after the readable samples; members are returned as raw bytes and never unpickled.
+    Members are returned as raw bytes and never unpickled. A shard that cannot be read to its end raises
+    after its readable samples (the last of which may lack members): :class:`ShardDamageError` when the data
+    stops mid-file (a corrupt header after the first member, a member cut short, a missing end), counting the
+    samples lost after that point; ``tarfile.TarError`` / ``OSError`` when not even the first header reads.
     """
     current: str | None = None
     members: dict[str, bytes] = {}
     with tarfile.open(path, mode="r") as archive:
-        for info in archive:
-            if not info.isfile():
-                continue
-            name = Path(info.name).name
-            key, _, extension = name.partition(".")
-            handle = archive.extractfile(info)
-            data = handle.read() if handle is not None else b""
-            if key != current and current is not None:
-                yield current, members
-                members = {}
-            current = key
-            members[extension] = data
+        stream = archive.fileobj
+        info: tarfile.TarInfo | None = None
+        try:
+            for info in archive:
+                if not info.isfile():
+                    continue
+                handle = archive.extractfile(info)
+                data = handle.read() if handle is not None else b""
+                key, extension = member_key(info.name), Path(info.name).name.partition(".")[2]
+                if key != current and current is not None:
+                    yield current, members
+                    members = {}
+                current = key
+                members[extension] = data
+        except (tarfile.ReadError, EOFError) as error:  # member data cut short
+            assert info is not None
+            offset, problem = info.offset, f"member {info.name} unreadable ({error})"
+        else:
+            offset, problem = archive.offset, _tail_problem(stream, archive.offset)
+        lost = 0 if problem is None else len(_keys_after(stream, offset) - {current})
     if current is not None:
         yield current, members
+    if problem is not None:
+        raise ShardDamageError(path, problem, offset, lost)
+
+
+def shard_samples(sources: Iterable[dict[str, Any]], on_error: Callable[[str, Exception], None]
+                  ) -> Iterator[dict[str, Any]]:
+    """WebDataset stage: shard entries ``{"url": path}`` -> samples ``{"__key__", "__url__", extension: bytes}``.
+
+    The one tar reader of every shard stream (:func:`iter_tar_samples`). A shard that cannot be read to its end
+    is passed to ``on_error(url, error)`` once, after its readable samples, and the stream goes on.
+    """
+    for source in sources:
+        url = source["url"]
+        try:
+            for key, members in iter_tar_samples(url):
+                yield {"__key__": key, "__url__": url, **members}
+        except (tarfile.TarError, OSError, EOFError) as error:
+            on_error(url, error)

@@ -91,4 +91,6 @@ def test_inspect_reports_counts_rates_and_unreadable_samples(tiny_shards, tmp_pa
     data = (tiny_shards / "shard-000000.tar").read_bytes()
     damaged.write_bytes(data[: int(len(data) * 0.75)])  # cuts into the second sample's mp4
     bad = inspect_shards(damaged)
-    assert bad.media_samples == 1 and len(bad.unreadable) == 1
+    # the cut sample (its json survived, its mp4 not) and the shard, as the datamodule counts them
+    assert bad.media_samples == 1 and [key for _, key, _ in bad.unreadable] == ["00000001", "-"]
+    assert bad.damaged == ["damaged.tar"] and "mp4 unreadable (unexpected end of data)" in bad.unreadable[1][2]

@@ -1,0 +1,87 @@
+"""Shard reading: a tar that stops being readable mid-file is detected, its lost samples counted and named."""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from omniforcing.data import AVDataModule
+from omniforcing.data.inspection import format_summary, inspect_shards
+from omniforcing.data.shards import ShardDamageError, ShardSink, iter_tar_samples
+from omniforcing.types import ClipSpec
+
+
+def _one_shard_of_eight(tiny_shards: Path, out: Path) -> Path:
+    """The 8 samples of ``tiny_shards`` rewritten into one shard (``out/shard-000000.tar``)."""
+    samples = [sample for shard in sorted(tiny_shards.glob("*.tar")) for sample in iter_tar_samples(shard)]
+    assert len(samples) == 8
+    with ShardSink(out, 100) as sink:
+        for key, members in samples:
+            sink.write(key, members)
+    return out / "shard-000000.tar"
+
+
+def _corrupt_header(shard: Path, member: int) -> None:
+    """Overwrite the header block of tar member number ``member`` (its checksum no longer matches)."""
+    with tarfile.open(shard) as archive:
+        offset = archive.getmembers()[member].offset
+    data = bytearray(shard.read_bytes())
+    data[offset:offset + 512] = b"\xff" * 512
+    shard.write_bytes(bytes(data))
+
+
+def test_a_corrupt_header_after_the_first_sample_counts_the_lost_rest(tiny_shards, tmp_path):
+    shard = _one_shard_of_eight(tiny_shards, tmp_path)
+    _corrupt_header(shard, 2)  # members: 0.json 0.mp4 1.json ...: the second sample's first header
+    read = []
+    with pytest.raises(ShardDamageError, match="unreadable tar header at byte .*; 7 samples after it lost") as caught:
+        for key, members in iter_tar_samples(shard):
+            read.append((key, sorted(members)))
+    assert read == [(read[0][0], ["json", "mp4"])]
+    assert caught.value.lost == 7 and caught.value.shard == str(shard)
+
+
+def test_a_member_header_inside_a_sample_leaves_that_sample_partial(tiny_shards, tmp_path):
+    shard = _one_shard_of_eight(tiny_shards, tmp_path)
+    _corrupt_header(shard, 3)  # the second sample's mp4: its json was read, the 6 samples after are lost
+    read = []
+    with pytest.raises(ShardDamageError, match="6 samples after it lost"):
+        for _, members in iter_tar_samples(shard):
+            read.append(sorted(members))
+    assert read == [["json", "mp4"], ["json"]]
+
+
+def test_a_shard_cut_at_a_member_boundary_is_detected(tiny_shards, tmp_path):
+    shard = _one_shard_of_eight(tiny_shards, tmp_path)
+    with tarfile.open(shard) as archive:
+        boundary = archive.getmembers()[4].offset  # end of the second sample: no end-of-archive blocks after it
+    shard.write_bytes(shard.read_bytes()[:boundary])
+    with pytest.raises(ShardDamageError, match="no end-of-archive blocks"):
+        assert len(list(iter_tar_samples(shard))) == 2
+
+
+def test_intact_shards_read_without_damage(tiny_shards):
+    summary = inspect_shards(tiny_shards)
+    assert summary.samples == 8 and not summary.damaged and summary.lost == 0
+    assert "damaged shards" not in format_summary(summary)
+
+
+def test_inspect_and_datamodule_report_the_lost_samples_and_the_shard(tiny_shards, tmp_path, caplog):
+    shard = _one_shard_of_eight(tiny_shards, tmp_path)
+    _corrupt_header(shard, 2)
+    summary = inspect_shards(tmp_path)
+    assert summary.media_samples == 1 and summary.lost == 7 and summary.damaged == ["shard-000000.tar"]
+    text = format_summary(summary)
+    assert "unreadable: 1" in text and "damaged shards: 1 (shard-000000.tar), 7 samples lost" in text
+
+    module = AVDataModule(str(tmp_path), clip=ClipSpec(seconds=1), batch_size=4, num_workers=0)
+    with caplog.at_level(logging.WARNING, logger="omniforcing.data.pipeline"):
+        batches = list(module.train_dataloader())
+    assert sum(len(batch) for batch in batches) == 1
+    counter = module._streams["train"].counter
+    assert module.skipped_samples() == 1 and counter.lost == 7 and counter.damaged == [str(shard)]
+    assert f"skipping damaged shard {shard}" in caplog.text and "7 samples after it lost" in caplog.text
+    assert counter.summary().endswith(f"7 samples lost in damaged shards ({shard})")
