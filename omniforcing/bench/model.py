@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import logging
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from omniforcing.bench.report import Report, Table
+from omniforcing.bench.timing import DeviceTimer, synchronize
 from omniforcing.models.presets import PRESETS, build_preset, parameter_counts
 from omniforcing.models.transformer import DualStreamTransformer
 
@@ -26,17 +26,12 @@ log = logging.getLogger(__name__)
 POSITIONS = (1, 2, 5, 10, 20, 30, 45, 60)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    fn()
-    _synchronize(device)
-    return time.perf_counter() - start
+    """Seconds ``fn`` takes on ``device`` (CUDA events on a GPU, after the work queued before it)."""
+    synchronize(device)
+    with DeviceTimer(device) as timer:
+        fn()
+    return timer.ms / 1e3
 
 
 @dataclass
@@ -141,7 +136,28 @@ def _decode_table(model: DualStreamTransformer, dtype: torch.dtype, seconds: int
     return table, summary
 
 
-def run_model_bench(quick: bool = False, threads: int | None = 1) -> Report:
+def _throughput_table(model: DualStreamTransformer, preset: str, clips: tuple[int, ...],
+                      device: torch.device) -> tuple[Table, dict[str, float]]:
+    table = Table(f"Full block-causal forward ({preset} preset, {_grid(model)} video grid, batch 1)",
+                  ["dtype", "clip (s)", "tokens", "ms per forward", "tokens/s"])
+    h, w = model.video_grid
+    for dtype in (torch.float32, torch.bfloat16):
+        model = model.to(dtype)
+        for clip in clips:
+            layout = model.layout(1 + 3 * clip)
+            tokens = layout.num_video * h * w + layout.num_audio + 16
+            elapsed = full_forward_seconds(model, clip, dtype)
+            table.add(str(dtype).removeprefix("torch."), clip, tokens, elapsed * 1e3, tokens / elapsed)
+    return table, {"full_forward_tokens_per_s_float32": max(r[4] for r in table.rows if r[0] == "float32")}
+
+
+def _grid(model: DualStreamTransformer) -> str:
+    return "x".join(str(n) for n in model.video_grid)
+
+
+def run_model_bench(quick: bool = False, threads: int | None = 1, preset: str | None = None,
+                    video_grid: tuple[int, int] | None = None,
+                    on_table: Callable[[Report], None] | None = None) -> Report:
     """Measure the backbone; returns a :class:`Report` (print ``report.to_markdown()``).
 
     Args:
@@ -149,32 +165,29 @@ def run_model_bench(quick: bool = False, threads: int | None = 1) -> Report:
         threads: CPU threads for torch (``None`` keeps the current setting). The default of one thread gives
             stable numbers on shared CPUs, where OpenMP threads spinning on busy cores made timings 10-40x
             worse in our measurements.
+        preset: model preset (default ``small``, ``tiny`` when ``quick``).
+        video_grid: ``(h, w)`` latent tokens per video frame (default: the presets' 4x4).
+        on_table: called with the report after every table (see :meth:`Report.measure`); a table that raises
+            is recorded with its error and the next one runs.
     """
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    preset, seconds, window, steps = ("tiny", 6, 2.0, 2) if quick else ("small", 60, 10.0, 4)
+    default, seconds, window, steps = ("tiny", 6, 2.0, 2) if quick else ("small", 60, 10.0, 4)
+    preset = preset or default
     positions = tuple(p for p in POSITIONS if p <= seconds) if not quick else (1, 2, 5, 6)
-    report = Report("model", tables=[parameter_count_table()])
-    model = build_preset(preset, num_audio_sinks=16, causal=True).to(device).eval()
-    clips = (1, 2) if quick else (2, 5, 10, 20)
-    throughput = Table(f"Full block-causal forward ({preset} preset, batch 1)",
-                       ["dtype", "clip (s)", "tokens", "ms per forward", "tokens/s"])
+    report = Report("model", on_table=on_table)
+    report.measure("Model presets (parameters)", lambda: (parameter_count_table(), {}))
+    grid = {} if video_grid is None else {"video_grid": tuple(video_grid)}
+    model = build_preset(preset, num_audio_sinks=16, causal=True, **grid).to(device).eval()
     for dtype in (torch.float32, torch.bfloat16):
-        model = model.to(dtype)
-        label = f"{preset}, {str(dtype).removeprefix('torch.')}, {device.type}"
+        label = f"{preset}, {_grid(model)}, {str(dtype).removeprefix('torch.')}, {device.type}"
         log.info("decode latency: %s", label)
-        table, summary = _decode_table(model, dtype, seconds, window, steps, positions, label)
-        report.tables.append(table)
-        report.summary.update(summary)
-        for clip in clips:
-            layout = model.layout(1 + 3 * clip)
-            tokens = layout.num_video * model.video_grid[0] * model.video_grid[1] + layout.num_audio + 16
-            elapsed = full_forward_seconds(model, clip, dtype)
-            throughput.add(str(dtype).removeprefix("torch."), clip, tokens, elapsed * 1e3, tokens / elapsed)
-    report.tables.append(throughput)
-    report.summary["full_forward_tokens_per_s_float32"] = max(r[4] for r in throughput.rows if r[0] == "float32")
+        report.measure(f"Per-block decode latency vs stream position ({label})",
+                       lambda: _decode_table(model.to(dtype), dtype, seconds, window, steps, positions, label))
+    report.measure("Full block-causal forward",
+                   lambda: _throughput_table(model, preset, (1, 2) if quick else (2, 5, 10, 20), device))
     return report
 
 

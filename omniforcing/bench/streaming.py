@@ -16,49 +16,78 @@ untimed first; GPU regions are timed with CUDA events (:mod:`omniforcing.bench.t
 from __future__ import annotations
 
 import logging
+import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from omniforcing.bench.flops import PEAK_DTYPES, count_flops, fastest_dtype, measure_peaks
-from omniforcing.bench.report import Report, Table
+from omniforcing.bench.report import Report, Table, TableMeasurement
 from omniforcing.bench.timing import DeviceTimer, warm_up
 from omniforcing.codecs import AVCodec, CausalVideoAutoencoder, MelAudioCodec, MelAutoencoder
 from omniforcing.inference.bidirectional import generate_bidirectional
 from omniforcing.inference.clips import decode_latents, latent_noise
-from omniforcing.inference.rollout import block_noise, block_shape, commit_block, denoise_block
 from omniforcing.inference.stream_settings import StreamingSettings
 from omniforcing.inference.streaming import StreamedBlock, StreamingGenerator
 from omniforcing.models.presets import build_preset
-from omniforcing.types import AVLatents
 
 log = logging.getLogger(__name__)
 
 PROMPT = "a red ball bounces"
 TEACHER_STEPS, TEACHER_CFG = 32, 3.0
 STUDENT_TIMES = (1.0, 0.75, 0.5, 0.25)
+DEFAULT_VIDEO_GRID = (4, 4)
+"""Latent tokens per video frame of the shipped learned codec (32x32 frames, spatial factor 8)."""
 
 
 @dataclass(frozen=True)
 class StreamingBenchConfig:
-    """Sizes of one run: ``quick`` is a smoke run for tests (tiny preset, short streams)."""
+    """Sizes of one run; ``quick`` is a smoke run for tests (tiny preset, short streams, small codec).
+
+    Args:
+        preset: model preset of the student and the teacher (:data:`omniforcing.models.presets.PRESETS`).
+        video_grid: ``(h, w)`` latent tokens per video frame; the codec's frames are ``(8 h, 8 w)`` pixels
+            (``(4 h, 4 w)`` in a quick run).
+        clip_seconds: clip length of the student vs teacher comparison.
+        stream_seconds: length of the two latency streams (rolling window, never evicting).
+        window: KV-cache window in seconds.
+        positions: stream positions (s) the latency table shows.
+        overlap_blocks: blocks per run of the overlap table.
+        repeats: alternating runs per model (each keeps its fastest).
+        quick: tiny sizes (numbers mean little).
+    """
 
     preset: str
+    video_grid: tuple[int, int]
     clip_seconds: int
     stream_seconds: int
     window: float
     positions: tuple[int, ...]
     overlap_blocks: int
     repeats: int
-    rounds: int
     quick: bool
 
     @classmethod
-    def make(cls, quick: bool) -> StreamingBenchConfig:
+    def make(cls, quick: bool, preset: str | None = None,
+             video_grid: tuple[int, int] | None = None) -> StreamingBenchConfig:
+        grid = tuple(video_grid or DEFAULT_VIDEO_GRID)
         if quick:
-            return cls("tiny", 1, 6, 2.0, (1, 2, 5, 6), 3, 1, 2, True)
-        return cls("small", 10, 120, 10.0, (1, 2, 5, 10, 20, 30, 60, 90, 120), 12, 2, 5, False)
+            return cls(preset or "tiny", grid, 1, 12, 2.0, (1, 2, 4, 8, 12), 3, 1, True)
+        return cls(preset or "small", grid, 10, 120, 10.0, (1, 2, 5, 10, 12, 20, 30, 60, 90, 120), 12, 2, False)
+
+    @property
+    def steady_block(self) -> int:
+        """First block generated against a full window that has already evicted (v1 layout: block p holds
+        second p): the early end of the latency flatness."""
+        return math.ceil(self.window) + 2
+
+    @property
+    def grid_label(self) -> str:
+        """``"16x24"``."""
+        return f"{self.video_grid[0]}x{self.video_grid[1]}"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -66,24 +95,35 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def bench_codec(config: StreamingBenchConfig) -> AVCodec:
+    """The learned codec's architecture at the configured latent grid (random weights, float32, eval mode).
+
+    A quick run uses a smaller one with the same latent shapes (spatial factor 4, 2 Griffin-Lim iterations),
+    which keeps the smoke test fast.
+    """
+    h, w = config.video_grid
+    if config.quick:
+        video = CausalVideoAutoencoder(size=(4 * h, 4 * w), spatial_factor=4, widths=(8, 8), group_width=16)
+        return AVCodec(video, MelAutoencoder(MelAudioCodec(griffin_lim_iters=2, nnls_iters=2), hidden_channels=32))
+    return AVCodec(CausalVideoAutoencoder(size=(8 * h, 8 * w)), MelAutoencoder())
+
+
 def bench_models(config: StreamingBenchConfig, device: torch.device,
                  dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, torch.nn.Module, AVCodec]:
-    """(causal student with 16 sinks, bidirectional teacher, codec) at one size, random weights, eval mode.
-
-    The backbones are cast to ``dtype``; the codec stays in float32.
-
-    The codec is the learned one at its default size; a quick run uses a smaller one with the same latent
-    shapes (16x16 frames, 2 Griffin-Lim iterations), which keeps the smoke test fast.
-    """
+    """(causal student with 16 sinks, bidirectional teacher, codec): the configured preset and latent grid,
+    random weights, eval mode; the backbones cast to ``dtype``, the codec in float32."""
     torch.manual_seed(0)
-    student = build_preset(config.preset, causal=True, num_audio_sinks=16).to(device, dtype).eval()
-    teacher = build_preset(config.preset, causal=False).to(device, dtype).eval()
-    if config.quick:
-        codec = AVCodec(CausalVideoAutoencoder(size=16, spatial_factor=4, widths=(8, 8), group_width=16),
-                        MelAutoencoder(MelAudioCodec(griffin_lim_iters=2, nnls_iters=2), hidden_channels=32))
-    else:
-        codec = AVCodec(CausalVideoAutoencoder(), MelAutoencoder())
-    return student, teacher, codec.to(device).eval()
+    student = build_preset(config.preset, causal=True, num_audio_sinks=16, video_grid=config.video_grid)
+    teacher = build_preset(config.preset, causal=False, video_grid=config.video_grid)
+    codec = bench_codec(config)
+    return student.to(device, dtype).eval(), teacher.to(device, dtype).eval(), codec.to(device).eval()
+
+
+def student_settings(config: StreamingBenchConfig, **overrides: Any) -> StreamingSettings:
+    """How every table samples the student: its 4 few-step times, no guidance, the configured window;
+    ``overrides`` are further :class:`StreamingSettings` fields. The one place that turns the bench's options
+    into streaming settings."""
+    return StreamingSettings(video_times=STUDENT_TIMES, **{"window_seconds": config.window, **overrides})
 
 
 @dataclass
@@ -95,7 +135,7 @@ class TeacherRun:
 
 
 def run_teacher(teacher: torch.nn.Module, codec: AVCodec, seconds: int, device: torch.device) -> TeacherRun:
-    """Generate and decode one clip with the teacher (32 Euler steps, CFG 3)."""
+    """Generate and decode one clip with the teacher (32 Euler steps, CFG 3 on both modalities)."""
     noise = latent_noise(codec, seconds, 1, generator=torch.Generator().manual_seed(0), device=device)
     with torch.inference_mode():
         with DeviceTimer(device) as generation:
@@ -106,21 +146,26 @@ def run_teacher(teacher: torch.nn.Module, codec: AVCodec, seconds: int, device: 
     return TeacherRun(generation.ms / 1e3, decoding.ms / 1e3)
 
 
-def run_student(generator: StreamingGenerator, seconds: int) -> list[StreamedBlock]:
-    """Stream ``seconds`` and keep every block's timings (media dropped to keep memory flat)."""
-    blocks = []
+@dataclass
+class StudentRun:
+    """One stream's blocks (media dropped to keep memory flat) and the video frames it decoded."""
+
+    blocks: list[StreamedBlock]
+    frames: int
+
+
+def run_student(generator: StreamingGenerator, seconds: int) -> StudentRun:
+    """Stream ``seconds`` and keep every block's timings."""
+    blocks, frames = [], 0
     for block in generator.stream(PROMPT, seconds):
+        frames += 0 if block.video is None else block.video.shape[0]
         block.video = block.audio = None
         blocks.append(block)
-    return blocks
-
-
-def _settings(**overrides) -> StreamingSettings:
-    return StreamingSettings(video_times=STUDENT_TIMES, **overrides)
+    return StudentRun(blocks, frames)
 
 
 def teacher_table(student, teacher, codec, config: StreamingBenchConfig, device) -> tuple[Table, dict]:
-    """(a) and (c): the same clip from the teacher and from the streaming student.
+    """(a) and (c): the same clip from the teacher and from the streaming student, side by side.
 
     The two runs alternate ``config.repeats`` times and each model keeps its fastest run, so a burst of load
     from other processes does not land on one model only.
@@ -129,118 +174,93 @@ def teacher_table(student, teacher, codec, config: StreamingBenchConfig, device)
     teacher_runs, student_runs = [], []
     for _ in range(config.repeats):
         teacher_runs.append(run_teacher(teacher, codec, seconds, device))
-        student_runs.append(run_student(StreamingGenerator(student, codec, _settings(window_seconds=config.window)),
-                                        seconds))
+        student_runs.append(run_student(StreamingGenerator(student, codec, student_settings(config)), seconds))
     teacher_run = min(teacher_runs, key=lambda r: r.generate + r.decode)
-    blocks = min(student_runs, key=lambda b: b[-1].ready_seconds)
+    student_run = min(student_runs, key=lambda r: r.blocks[-1].ready_seconds)
+    blocks = student_run.blocks
     generate = sum(b.generate_ms for b in blocks) / 1e3
     decode = sum(b.decode_ms for b in blocks) / 1e3
-    teacher_total = teacher_run.generate + teacher_run.decode
-    table = Table(f"Student streaming vs bidirectional teacher ({config.preset} preset, {seconds}-s clip + lead)",
+    teacher_total, student_total = teacher_run.generate + teacher_run.decode, blocks[-1].ready_seconds
+    table = Table(f"Student streaming vs bidirectional teacher ({config.preset} preset, {config.grid_label} video "
+                  f"grid, {seconds}-s clip + lead)",
                   ["model", "sampling", "backbone forwards", "generate (s)", "decode (s)", "total (s)",
-                   "first media ready (s)", "real-time factor"])
-    media = seconds + 1 / 24
+                   "first media ready (s)", "real-time factor", "video FPS with audio"])
+    media = seconds + 1 / codec.video.fps
     table.add("teacher (bidirectional)", f"{TEACHER_STEPS} Euler steps, CFG {TEACHER_CFG:g}", 2 * TEACHER_STEPS,
-              teacher_run.generate, teacher_run.decode, teacher_total, teacher_total, teacher_total / media)
+              teacher_run.generate, teacher_run.decode, teacher_total, teacher_total, teacher_total / media,
+              student_run.frames / teacher_total)
     table.add("student (causal, streaming)", "4 few-step steps + commit per block, no CFG", 5 * len(blocks),
-              generate, decode, blocks[-1].ready_seconds, blocks[0].ready_seconds, blocks[-1].ready_seconds / media)
+              generate, decode, student_total, blocks[0].ready_seconds, student_total / media,
+              student_run.frames / student_total)
     table.notes = ("Teacher forwards run over the whole clip; student forwards over one 1-s block against its KV "
                    "cache. first media ready = time to first block for the student (block 0: lead frame + lead "
                    "audio latent), the whole generation for the teacher. real-time factor = wall time / media "
-                   f"time (< 1 is faster than real time). Best of {config.repeats} alternating run(s) per model; "
+                   "time (< 1 is faster than real time). video FPS with audio = decoded video frames (with their "
+                   f"audio) per second of wall time. Best of {config.repeats} alternating run(s) per model; "
                    "decoding on the same thread (no overlap).")
-    summary = {"speedup_vs_teacher": teacher_total / blocks[-1].ready_seconds,
+    summary = {"speedup_vs_teacher": teacher_total / student_total,
                "speedup_vs_teacher_generation_only": teacher_run.generate / generate,
                "time_to_first_block_s": blocks[0].ready_seconds,
                "time_to_first_second_s": blocks[1].ready_seconds,
-               "real_time_factor_student": blocks[-1].ready_seconds / media,
+               "real_time_factor_student": student_total / media,
+               "video_fps_with_audio": student_run.frames / student_total,
                "teacher_seconds": teacher_total, "teacher_generate_seconds": teacher_run.generate,
-               "student_seconds": blocks[-1].ready_seconds}
+               "student_seconds": student_total}
     return table, summary
 
 
-def _around(values: list[float], index: int, radius: int = 2) -> float:
-    """Median of ``values`` within ``radius`` of ``index`` (single block timings are noisy on a shared CPU)."""
-    return statistics.median(values[max(0, index - radius):index + radius + 1])
+def _median(values: list[float], first: int, last: int) -> float:
+    """Median of ``values[first..last]`` (inclusive, clipped to the list; single block timings are noisy)."""
+    return statistics.median(values[max(0, first):last + 1])
 
 
-class CacheProbe:
-    """One stream generated with the engine's primitives and cache, whose blocks can be replayed and re-timed at
-    saved cache states (so that load from other processes does not masquerade as growth with position).
-
-    Args:
-        engine: supplies the network, the cache (windows, prefix policy) and the sampling settings.
-    """
-
-    def __init__(self, engine: StreamingGenerator) -> None:
-        self.engine, self.cache = engine, engine.new_cache()
-        self.generator = torch.Generator().manual_seed(0)
-        with torch.inference_mode():
-            self.text = engine.network.encode_text([PROMPT])
-        codec = engine.codec
-        self.latent_shapes = ((codec.video.latent_channels, *codec.video.latent_size), (codec.audio.latent_channels,))
-        self.saved: dict[int, tuple[object, AVLatents]] = {}
-
-    @torch.inference_mode()
-    def advance(self, block: int, keep: bool) -> float:
-        """Generate and commit ``block``; keep the cache state before it if ``keep``. Returns its time in ms."""
-        noise = block_noise(block_shape(self.engine.network, block, *self.latent_shapes), 1, self.generator,
-                            self.engine.device)
-        if keep:
-            self.saved[block] = (self.cache.snapshot(), noise)
-        return self._run(block, noise)
-
-    @torch.inference_mode()
-    def replay(self, block: int) -> float:
-        """Time ``block`` again from its saved cache state."""
-        state, noise = self.saved[block]
-        self.cache.restore(state)
-        return self._run(block, noise)
-
-    def _run(self, block: int, noise: AVLatents) -> float:
-        times = list(self.engine.settings.video_times)
-        with DeviceTimer(self.engine.device) as timer:
-            x0 = denoise_block(self.engine.network, self.text, self.cache, block, noise, times,
-                               generator=self.generator)
-            commit_block(self.engine.network, self.text, self.cache, block, x0)
-        return timer.ms
+def stream_block_times(engines: list[StreamingGenerator], seconds: int,
+                       device: torch.device) -> tuple[list[list[float]], list[list[int]]]:
+    """Per-block milliseconds and cache bytes of one ``seconds`` stream per engine, the streams alternating
+    block by block (a burst of load from other processes lands on all of them). Only the public streaming API
+    is used: each block is timed around ``next()`` on its ``latent_blocks`` iterator (CUDA events on a GPU)."""
+    streams = [engine.latent_blocks(PROMPT, seconds) for engine in engines]
+    times: list[list[float]] = [[] for _ in engines]
+    sizes: list[list[int]] = [[] for _ in engines]
+    for _ in range(engines[0].num_blocks(seconds)):
+        for stream, block_times, block_sizes in zip(streams, times, sizes):
+            with DeviceTimer(device) as timer:
+                block = next(stream)
+            block_times.append(timer.ms)
+            block_sizes.append(block.cache_bytes)
+    return times, sizes
 
 
-def latency_table(student, codec, config: StreamingBenchConfig) -> tuple[Table, dict]:
-    """(b): per-block latency against stream position, rolling window vs never evicting."""
-    probes = [CacheProbe(StreamingGenerator(student, codec, _settings(window_seconds=window, decode=False)))
-              for window in (config.window, None)]
-    streamed: list[list[float]] = [[], []]
-    sizes: list[list[int]] = [[], []]
-    for block in range(1 + config.stream_seconds):  # the two streams alternate block by block
-        for probe, times, size in zip(probes, streamed, sizes):
-            times.append(probe.advance(block, block in config.positions))
-            size.append(probe.cache.nbytes())
-    best = [dict.fromkeys(config.positions, float("inf")) for _ in probes]
-    for _ in range(config.rounds):
-        for position in config.positions:
-            for probe, fastest in zip(probes, best):
-                fastest[position] = min(fastest[position], probe.replay(position))
+def latency_table(student, codec, config: StreamingBenchConfig, device: torch.device) -> tuple[Table, dict]:
+    """(b): per-block latency against stream position, rolling window vs never evicting, and the latency
+    flatness (late blocks over early blocks once the window is full)."""
+    engines = [StreamingGenerator(student, codec, student_settings(config, window_seconds=window, decode=False))
+               for window in (config.window, None)]
+    (window, growing), (window_bytes, growing_bytes) = stream_block_times(engines, config.stream_seconds, device)
     dtype = dtype_name(next(student.parameters()).dtype)
-    table = Table(f"Per-block latency vs stream position ({config.preset} preset, {dtype})",
+    table = Table(f"Per-block latency vs stream position ({config.preset} preset, {config.grid_label} video grid, "
+                  f"{dtype})",
                   ["stream position (s)", f"block, {config.window:g}-s window (ms)", "block, never evicts (ms)",
-                   "ratio", "streamed, window (ms)", "streamed, never evicts (ms)", "KV cache, window (MiB)",
+                   "ratio", f"fastest of the 5, {config.window:g}-s window (ms)", "KV cache, window (MiB)",
                    "KV cache, never evicts (MiB)"])
     for position in config.positions:  # v1 layout: block p holds second p of the stream
-        table.add(position, best[0][position], best[1][position], best[1][position] / best[0][position],
-                  _around(streamed[0], position), _around(streamed[1], position), sizes[0][position] / 2**20,
-                  sizes[1][position] / 2**20)
-    table.notes = (f"block = 4 denoising forwards + 1 commit forward of the 1-s block (3 video + 25 audio latents) at "
-                   f"that position, re-timed from a saved cache state: best of {config.rounds} interleaved rounds. "
-                   "streamed = the same blocks timed once while streaming, median of the 5 around the position "
-                   "(the two streams alternate block by block). Decoding (constant per block) is in the tables "
-                   "above. Batch 1, 16 audio sinks, v1 prefix, KV cache after the block.")
-    last, five = config.positions[-1], 5
-    summary = {"latency_flatness": best[0][last] / best[0][five],
-               "latency_flatness_never_evicts": best[1][last] / best[1][five],
-               "latency_flatness_streamed": _around(streamed[0], last) / _around(streamed[0], five),
-               f"block_ms_at_{last}s_window": best[0][last], f"block_ms_at_{last}s_never_evicts": best[1][last],
-               "kv_cache_mib_window": sizes[0][-1] / 2**20, "kv_cache_mib_never_evicts_at_end": sizes[1][-1] / 2**20}
+        rolling, never = (_median(t, position - 2, position + 2) for t in (window, growing))
+        table.add(position, rolling, never, never / rolling, min(window[max(0, position - 2):position + 3]),
+                  window_bytes[position] / 2**20, growing_bytes[position] / 2**20)
+    steady, last = config.steady_block, config.stream_seconds
+    table.notes = (f"block = 4 denoising forwards + 1 commit forward of the 1-s block at that position, median of "
+                   "the 5 blocks around it; the two streams alternate block by block. latency flatness = median "
+                   f"of the last 5 blocks over the median of blocks {steady}-{steady + 4} (the window full and "
+                   "evicting). Decoding (constant per block) is in the first table. Batch 1, 16 audio sinks, v1 "
+                   "prefix, KV cache after the block.")
+    summary = {"block_latency_ms": _median(window, steady, last),
+               "latency_flatness": _median(window, last - 4, last) / _median(window, steady, steady + 4),
+               "latency_flatness_never_evicts": _median(growing, last - 4, last) / _median(growing, steady,
+                                                                                            steady + 4),
+               f"block_ms_at_{last}s_window": _median(window, last - 4, last),
+               f"block_ms_at_{last}s_never_evicts": _median(growing, last - 4, last),
+               "kv_cache_mib_window": window_bytes[-1] / 2**20,
+               "kv_cache_mib_never_evicts_at_end": growing_bytes[-1] / 2**20}
     return table, summary
 
 
@@ -251,8 +271,9 @@ def overlap_table(student, codec, config: StreamingBenchConfig) -> tuple[Table, 
     runs: dict[bool, list[list[StreamedBlock]]] = {False: [], True: []}
     for _ in range(config.repeats):  # alternate the modes; each keeps its fastest run
         for overlap in (False, True):
-            settings = _settings(window_seconds=config.window, overlap=overlap)
-            runs[overlap].append(run_student(StreamingGenerator(student, codec, settings), config.overlap_blocks))
+            settings = student_settings(config, overlap=overlap)
+            runs[overlap].append(run_student(StreamingGenerator(student, codec, settings),
+                                             config.overlap_blocks).blocks)
     rates = {}
     for overlap, attempts in runs.items():
         blocks = min(attempts, key=lambda b: b[-1].ready_seconds - b[1].ready_seconds)
@@ -267,28 +288,38 @@ def overlap_table(student, codec, config: StreamingBenchConfig) -> tuple[Table, 
     return table, {"overlap_speedup": rates[False] / rates[True]}
 
 
-def flops_table(student, teacher, codec, config: StreamingBenchConfig, block_ms: float,
-                teacher_generate_seconds: float, peaks: dict[torch.dtype, tuple[float, int]],
-                device: torch.device) -> tuple[Table, dict]:
+def measured(summary: dict[str, Any], key: str, table: str) -> float:
+    """``summary[key]``, which an earlier table measured; a clear error if that table failed."""
+    if key not in summary:
+        raise RuntimeError(f"needs {key} from the {table} table, which did not complete")
+    return summary[key]
+
+
+def flops_table(student, teacher, codec, config: StreamingBenchConfig, peaks: dict[torch.dtype, tuple[float, int]],
+                device: torch.device, timings: dict[str, Any]) -> tuple[Table, dict]:
     """(f): counted FLOPs per generated second, and the utilisation against the measured matmul peak of the dtype
-    the models run in."""
-    generator = StreamingGenerator(student, codec, _settings(window_seconds=config.window, decode=False))
+    the models run in. ``timings`` holds the earlier tables' ``block_latency_ms`` (window full) and
+    ``teacher_generate_seconds``."""
+    block_ms = measured(timings, "block_latency_ms", "latency")
+    teacher_seconds = measured(timings, "teacher_generate_seconds", "student vs teacher")
+    generator = StreamingGenerator(student, codec, student_settings(config, decode=False))
     blocks = generator.latent_blocks(PROMPT)
-    for _ in range(int(config.window) + 2):  # fill the window: steady state
+    for _ in range(config.steady_block):  # fill the window: steady state
         next(blocks)
     student_flops = count_flops(lambda: next(blocks))
     noise = latent_noise(codec, config.clip_seconds, 1, device=device)
     with torch.inference_mode():
         teacher_flops = count_flops(lambda: generate_bidirectional(teacher, [PROMPT], noise, steps=1,
-                                                                   video_scale=TEACHER_CFG))
+                                                                   video_scale=TEACHER_CFG, audio_scale=TEACHER_CFG))
         latents = generator.generate_latents(PROMPT, 1)
         decode_flops = count_flops(lambda: decode_latents(codec, latents.map(lambda m: m[:, 1:]), [PROMPT]))
     dtype = next(student.parameters()).dtype
     peak = peaks[dtype][0] * 1e12
     teacher_per_second = teacher_flops * TEACHER_STEPS / config.clip_seconds
-    teacher_rate = teacher_flops * TEACHER_STEPS / teacher_generate_seconds
+    teacher_rate = teacher_flops * TEACHER_STEPS / teacher_seconds
     student_rate = student_flops / (block_ms / 1e3)
-    table = Table(f"Model FLOPs per generated second and utilisation ({dtype_name(dtype)})",
+    table = Table(f"Model FLOPs per generated second and utilisation ({config.preset} preset, {config.grid_label} "
+                  f"video grid, {dtype_name(dtype)})",
                   ["what", "GFLOP per generated second", "achieved GFLOP/s", "utilisation"])
     table.add("student backbone (4 steps + commit, window full)", student_flops / 1e9, student_rate / 1e9,
               student_rate / peak)
@@ -301,8 +332,9 @@ def flops_table(student, teacher, codec, config: StreamingBenchConfig, block_ms:
     table.notes = ("FLOPs counted with torch.utils.flop_counter.FlopCounterMode (matmuls, linear, convolutions) plus "
                    "the dense attention formula for CPU scaled_dot_product_attention, which it does not count. "
                    f"Utilisation = achieved FLOP/s over the measured {dtype_name(dtype)} matmul peak, the dtype "
-                   "with the faster peak on this device, in which the backbones ran; the teacher's includes the "
-                   "CFG branch. Text encoding is counted in neither.")
+                   "with the faster peak on this device, in which the backbones ran: the student's over its "
+                   "per-block latency with the window full, the teacher's (CFG branch included) over its "
+                   "generation time in the first table. Text encoding is counted in neither.")
     summary = {"flops_per_generated_second_student": student_flops,
                "flops_per_generated_second_teacher": teacher_per_second,
                "matmul_peak_tflops_float32": peaks[torch.float32][0],
@@ -311,68 +343,75 @@ def flops_table(student, teacher, codec, config: StreamingBenchConfig, block_ms:
     return table, summary
 
 
-def dtype_table(student, codec, device: torch.device) -> tuple[Table, dict]:
+def dtype_table(student, codec, config: StreamingBenchConfig, device: torch.device) -> tuple[Table, dict]:
     """The student's block time in each dtype of the peak measurement (bf16 pays only with bf16 matrix units)."""
     table = Table("Student block time by dtype", ["dtype", "generate per block (ms)"])
     chosen = next(student.parameters()).dtype
     times = {}
-    for dtype in PEAK_DTYPES:
-        student.to(dtype)
-        generator = StreamingGenerator(student, codec, _settings(decode=False))
-        warm_up(lambda: run_student(generator, 0), device)
-        blocks = run_student(generator, 3)
-        times[dtype] = statistics.median(b.generate_ms for b in blocks[1:])
-        table.add(dtype_name(dtype), times[dtype])
-    student.to(chosen)
+    try:
+        for dtype in PEAK_DTYPES:
+            student.to(dtype)
+            generator = StreamingGenerator(student, codec, student_settings(config, decode=False))
+            warm_up(lambda: run_student(generator, 0), device)
+            blocks = run_student(generator, 3).blocks
+            times[dtype] = statistics.median(b.generate_ms for b in blocks[1:])
+            table.add(dtype_name(dtype), times[dtype])
+    finally:
+        student.to(chosen)
     table.notes = ("Median over blocks 1-3 of a fresh stream (window not yet full), after an untimed prefix block. "
                    f"The other tables ran in {dtype_name(chosen)}.")
     return table, {"bf16_over_fp32_block_time": times[torch.bfloat16] / times[torch.float32]}
 
 
-def warm_up_models(student, teacher, codec, device: torch.device) -> None:
-    """One untimed teacher step and a 1-s student stream with decoding (first-call costs out of the tables)."""
+def warm_up_models(student, teacher, codec, config: StreamingBenchConfig, device: torch.device) -> None:
+    """One untimed teacher step and a student stream past the window with decoding (first-call costs, kernel
+    selection and any compilation stay out of the tables)."""
     noise = latent_noise(codec, 1, 1, device=device)
     with torch.inference_mode():
-        warm_up(lambda: generate_bidirectional(teacher, [PROMPT], noise, steps=1, video_scale=TEACHER_CFG), device)
-    warm_up(lambda: run_student(StreamingGenerator(student, codec, _settings()), 1), device)
+        warm_up(lambda: generate_bidirectional(teacher, [PROMPT], noise, steps=1, video_scale=TEACHER_CFG,
+                                               audio_scale=TEACHER_CFG), device)
+    warm_up(lambda: run_student(StreamingGenerator(student, codec, student_settings(config)), 1), device)
 
 
-def run_streaming_bench(quick: bool = False, threads: int | None = 1) -> Report:
-    """Run the streaming suite; returns a :class:`Report` whose summary carries ``speedup_vs_teacher`` and
-    ``latency_flatness`` (per-block latency at the last measured position over the latency at 5 s).
+def run_streaming_bench(quick: bool = False, threads: int | None = 1, preset: str | None = None,
+                        video_grid: tuple[int, int] | None = None,
+                        on_table: Callable[[Report], None] | None = None) -> Report:
+    """Run the streaming suite (module docstring); returns a :class:`Report` whose summary carries
+    ``speedup_vs_teacher``, ``block_latency_ms``, ``time_to_first_block_s``, ``real_time_factor_student``,
+    ``video_fps_with_audio``, ``latency_flatness``, ``utilisation_student`` and ``utilisation_teacher``.
 
     Args:
-        quick: tiny preset, small codec, 1-s clip, 6-s stream (a smoke run for tests; numbers mean little).
+        quick: tiny preset, small codec, 1-s clip, 12-s streams (a smoke run for tests; numbers mean little).
         threads: torch CPU threads (``None`` keeps the current setting); one thread gives stable numbers on a
             shared CPU and leaves a core for the overlap thread.
+        preset: model preset (default ``small``; ``tiny`` when ``quick``).
+        video_grid: ``(h, w)`` latent tokens per video frame (default 4x4, the shipped codec's).
+        on_table: called with the report after every table (see :meth:`Report.measure`); a table that raises
+            is recorded with its error and the next one runs.
     """
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = StreamingBenchConfig.make(quick)
+    config = StreamingBenchConfig.make(quick, preset, video_grid)
     peaks = measure_peaks(device, max_size=512 if config.quick else (8192 if device.type == "cuda" else 4096))
     dtype = fastest_dtype(peaks)
     log.info("matmul peaks %s; models run in %s", {dtype_name(k): v for k, v in peaks.items()}, dtype_name(dtype))
     student, teacher, codec = bench_models(config, device, dtype)
-    warm_up_models(student, teacher, codec, device)
-    report = Report("streaming")
-    report.summary["dtype"] = dtype_name(dtype)
-    log.info("teacher vs student on a %d-s clip", config.clip_seconds)
-    table, summary = teacher_table(student, teacher, codec, config, device)
-    report.tables.append(table)
-    report.summary.update(summary)
-    log.info("latency vs position up to %d s", config.stream_seconds)
-    table, latency = latency_table(student, codec, config)
-    report.tables.append(table)
-    report.summary.update(latency)
-    last = config.positions[-1]
-    extras = (overlap_table(student, codec, config),
-              flops_table(student, teacher, codec, config, latency[f"block_ms_at_{last}s_window"],
-                          summary["teacher_generate_seconds"], peaks, device),
-              dtype_table(student, codec, device))
-    for table, extra in extras:
-        report.tables.append(table)
-        report.summary.update(extra)
+    warm_up_models(student, teacher, codec, config, device)
+    report = Report("streaming", on_table=on_table)
+    report.summary.update(dtype=dtype_name(dtype), preset=config.preset, video_grid=config.grid_label,
+                          device=device.type)
+    tables: tuple[tuple[str, TableMeasurement], ...] = (
+        ("Student streaming vs bidirectional teacher", lambda: teacher_table(student, teacher, codec, config, device)),
+        ("Per-block latency vs stream position", lambda: latency_table(student, codec, config, device)),
+        ("Overlap of generation and decoding", lambda: overlap_table(student, codec, config)),
+        ("Model FLOPs per generated second and utilisation",
+         lambda: flops_table(student, teacher, codec, config, peaks, device, report.summary)),
+        ("Student block time by dtype", lambda: dtype_table(student, codec, config, device)),
+    )
+    for title, measurement in tables:
+        log.info("streaming bench: %s", title)
+        report.measure(title, measurement)
     return report
 
 

@@ -8,8 +8,8 @@ checkpointing and callbacks switched off, and trained for a few steps by a Light
 method whose module or recipe is not in this checkout gets a "not available" row. Teacher and critic
 checkpoints the distillation stages load are a randomly initialised teacher of the same size, exported
 to a temporary folder (timings do not depend on the weights); Stage II reads ODE pairs that this teacher
-writes with ``omniforcing data ode-pairs`` (8 Euler steps; not timed). The per-preset throughput table builds
-the joint teacher the same way but with the default learned latents (``recipes/latents/learned.yaml``, codec
+writes with ``omniforcing data ode-pairs`` (8 Euler steps on the bench's device; not timed). The
+per-preset throughput table builds the joint teacher the same way but with the default learned latents (``recipes/latents/learned.yaml``, codec
 weights shipped in ``checkpoints/reference/codec``, read relative to the working directory: run from the
 repository root), so its tokens are those ``omniforcing fit`` trains on; tokens are counted as the
 ``Throughput`` callback counts them (``AVLitModule.tokens_in_last_batch``: video + audio latent positions).
@@ -35,14 +35,16 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from omniforcing.bench.report import Report, Table
+from omniforcing.bench.report import Report, Table, error_line, release_device_memory
 from omniforcing.bench.timing import DeviceTimer, synchronize
 from omniforcing.inference.export import NETWORK_NAME, save_exported
 from omniforcing.models.presets import PRESETS
@@ -205,14 +207,20 @@ def export_teacher(config: TrainingBenchConfig, root: Path) -> Path:
     return save_exported(root / "teacher", model.network, model.codec, tree)
 
 
-def write_ode_pairs(teacher: Path, config: TrainingBenchConfig, root: Path) -> Path:
-    """ODE-pair shards for Stage II from ``teacher`` (enough pairs for the bench's steps)."""
+def bench_device() -> torch.device:
+    """Where the training suite runs: the GPU when there is one (Lightning's ``accelerator: auto`` picks the
+    same), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def write_ode_pairs(teacher: Path, config: TrainingBenchConfig, root: Path, device: torch.device) -> Path:
+    """ODE-pair shards for Stage II from ``teacher`` on ``device`` (enough pairs for the bench's steps)."""
     from omniforcing.commands.ode_pairs import ode_pairs
 
     out = root / "ode_pairs"
     with contextlib.redirect_stdout(io.StringIO()):  # the command reports progress; the bench prints tables
         ode_pairs(teacher=str(teacher), out=out, count=config.batch_size * (config.warmup + config.steps + 1),
-                  seconds=config.clip_seconds, steps=8, batch_size=config.batch_size, device="cpu")
+                  seconds=config.clip_seconds, steps=8, batch_size=config.batch_size, device=device.type)
     return out
 
 
@@ -242,7 +250,7 @@ class MethodTiming:
 def time_method(method: Method, config: TrainingBenchConfig, paths: dict[str, str], root: Path) -> MethodTiming:
     """Train ``warmup + steps`` batches (one epoch limited to them: the DMD stages step two optimisers per
     batch, so ``max_steps`` would count differently) and time the last ``steps``."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = bench_device()
     release_memory()
     before = current_memory(device)
     module, datamodule, trainer, _ = build(method, config, paths, root / "runs")
@@ -284,12 +292,18 @@ def methods_table(config: TrainingBenchConfig, root: Path) -> tuple[Table, dict[
         reason = available(method)
         try:
             if reason is None and "{ode_pairs}" in " ".join(method.overrides):
-                paths["ode_pairs"] = str(write_ode_pairs(teacher, config, root))
+                paths["ode_pairs"] = str(write_ode_pairs(teacher, config, root, bench_device()))
             timing = None if reason else time_method(method, config, paths, root)
         except (ImportError, ValueError, FileNotFoundError) as error:
             timing, reason = None, failure_reason(error)
+        except SIGTERMException:  # Lightning's SIGTERM (a SystemExit): the run is being stopped, not a bad recipe
+            raise
         except SystemExit:  # LightningCLI exits when a recipe does not parse (its message is on stderr)
             timing, reason = None, "its recipe does not parse in this checkout"
+        except Exception as error:  # noqa: BLE001 - e.g. out of memory: this row fails, the other methods run
+            log.exception("%s failed", method.name)
+            release_device_memory()
+            timing, reason = None, f"failed: {error_line(error)}"
         if timing is None:
             log.warning("%s not benchmarked: %s", method.name, reason)
             table.add(method.name, "not available", reason, "", "", "", "")
@@ -392,32 +406,35 @@ def data_table(config: TrainingBenchConfig, teacher_step: float | None) -> tuple
     return table, summary
 
 
-def run_training_bench(quick: bool = False, threads: int | None = 1) -> Report:
+def run_training_bench(quick: bool = False, threads: int | None = 1, preset: str | None = None,
+                       on_table: Callable[[Report], None] | None = None) -> Report:
     """Run the training suite (see the module docstring); returns a :class:`Report`.
 
     Args:
         quick: tiny preset, 1-s clips, 2 measured steps (a smoke run); the per-preset table then has only
             ``tiny``.
         threads: torch CPU threads (``None`` keeps the current setting).
+        preset: model preset of the per-method table (default ``small``, ``tiny`` when ``quick``); the
+            per-preset table measures every preset regardless.
+        on_table: called with the report after every table (see :meth:`Report.measure`); a table that raises
+            is recorded with its error and the next one runs.
     """
     if threads is not None:
         torch.set_num_threads(threads)
     config = TrainingBenchConfig.make(quick)
-    report = Report("training")
+    if preset is not None:
+        config = replace(config, preset=preset)
+    report = Report("training", on_table=on_table)
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            table, summary = methods_table(config, Path(tmp))
-            report.tables.append(table)
-            report.summary.update(summary)
-            table, summary = presets_table(config, quick, Path(tmp))
-            report.tables.append(table)
-            report.summary.update(summary)
+            report.measure("Training step time and memory per method", lambda: methods_table(config, Path(tmp)))
+            report.measure("Teacher training throughput per model preset",
+                           lambda: presets_table(config, quick, Path(tmp)))
     finally:
         quiet.setLevel(level)
-    table, summary = data_table(config, report.summary.get("step_seconds_teacher"))
-    report.tables.append(table)
-    report.summary.update(summary)
+    report.measure("Data loader rate vs training consumption",
+                   lambda: data_table(config, report.summary.get("step_seconds_teacher")))
     return report

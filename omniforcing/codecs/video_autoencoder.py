@@ -126,7 +126,7 @@ class CausalVideoAutoencoder(NormalizedVideoCodec):
     """Causal video autoencoder (issue 3, item 1): ``(B, 1 + 8k, 3, H, W)`` <-> ``(B, 1 + k, C, H/f, W/f)``.
 
     Args:
-        size: side of the square input frames in pixels.
+        size: side of square input frames in pixels, or ``(height, width)``.
         spatial_factor: spatial downsampling ``f`` (a power of two >= 2; 8 gives a 4x4 grid at 32x32).
         latent_channels: channels ``C`` per latent position.
         widths: per-frame channels per level, finest first; ``len(widths) == log2(spatial_factor)``.
@@ -138,24 +138,25 @@ class CausalVideoAutoencoder(NormalizedVideoCodec):
         checkpoint: optional ``.safetensors`` from :func:`~omniforcing.codecs.save_codec` (weights + stats).
     """
 
-    def __init__(self, size: int = 32, spatial_factor: int = 8, latent_channels: int = 16,
+    def __init__(self, size: int | tuple[int, int] = 32, spatial_factor: int = 8, latent_channels: int = 16,
                  widths: tuple[int, ...] = (16, 32, 64), group_width: int = 192, blocks_per_level: int = 1,
                  context_latents: int = 0, temporal_stride: int = 8, fps: int = 24,
                  checkpoint: str | None = None) -> None:
         super().__init__()
         levels = round(math.log2(spatial_factor))
-        if spatial_factor < 2 or 2**levels != spatial_factor or size % spatial_factor:
+        height, width = (size, size) if isinstance(size, int) else size
+        if spatial_factor < 2 or 2**levels != spatial_factor or height % spatial_factor or width % spatial_factor:
             raise ValueError(f"spatial_factor must be a power of two >= 2 dividing size {size}, got {spatial_factor}")
         if len(widths) != levels:
             raise ValueError(f"widths needs log2(spatial_factor) = {levels} entries, got {list(widths)}")
         self.init_args = {"size": size, "spatial_factor": spatial_factor, "latent_channels": latent_channels,
                           "widths": list(widths), "group_width": group_width, "blocks_per_level": blocks_per_level,
                           "context_latents": context_latents, "temporal_stride": temporal_stride, "fps": fps}
-        self.size = (size, size)
+        self.size = (height, width)
         self.temporal_stride = temporal_stride
         self.fps = fps
         self.latent_channels = latent_channels
-        self.latent_size = (size // spatial_factor, size // spatial_factor)
+        self.latent_size = (height // spatial_factor, width // spatial_factor)
         self.context_latents = context_latents
         group_features = temporal_stride * widths[-1]
         self.frame_encoder = FrameEncoder(tuple(widths), blocks_per_level)

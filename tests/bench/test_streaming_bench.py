@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from omniforcing.bench.flops import fastest_dtype
-from omniforcing.bench.report import Report, Table
+from omniforcing.bench.streaming import StreamingBenchConfig, bench_models
 from omniforcing.bench.timing import DeviceTimer
 from omniforcing.cli import main
-from omniforcing.commands import bench as bench_command
+from omniforcing.models.presets import parameter_counts
 
 
 def test_streaming_bench_quick_prints_tables_and_writes_json(tmp_path, capsys):
@@ -27,10 +27,14 @@ def test_streaming_bench_quick_prints_tables_and_writes_json(tmp_path, capsys):
     assert report["machine"]["cores"] >= 1 and "torch" in report["machine"] and "cpu_bf16_units" in report["machine"]
     # the models ran in the dtype whose measured matmul peak was higher, whichever that was on this machine
     faster = "bfloat16" if summary["matmul_peak_tflops_bfloat16"] > summary["matmul_peak_tflops_float32"] else "float32"
-    assert summary["dtype"] == faster and f"({faster})" in printed
-    for key in ("speedup_vs_teacher", "latency_flatness", "time_to_first_block_s", "overlap_speedup",
-                "flops_per_generated_second_student", "matmul_peak_tflops_float32", "utilisation_student"):
+    assert summary["dtype"] == faster and f"video grid, {faster})" in printed
+    for key in ("speedup_vs_teacher", "block_latency_ms", "time_to_first_block_s", "real_time_factor_student",
+                "video_fps_with_audio", "utilisation_student", "utilisation_teacher", "latency_flatness",
+                "overlap_speedup", "flops_per_generated_second_student", "matmul_peak_tflops_float32"):
         assert summary[key] > 0, key
+    assert report["status"] == "complete" and report["failures"] == []
+    # 1 + 24 frames of the 1-s clip, decoded with their audio, over the student's wall time
+    assert summary["video_fps_with_audio"] == pytest.approx(25 / summary["student_seconds"])
     # the rolling cache stops growing once the window is full; the never-evicting one keeps growing
     assert summary["kv_cache_mib_never_evicts_at_end"] > summary["kv_cache_mib_window"]
     # the teacher spends 64 whole-clip forwards where the student spends 5 per block: counted, not timed
@@ -51,15 +55,16 @@ def test_device_timer_measures_the_region_on_cpu():
     assert manual.stop() == manual.ms > 0
 
 
-def test_bench_all_keeps_finished_suites_when_one_fails(tmp_path, monkeypatch, capsys):
-    def run(suite, quick, threads):
-        if suite == "training":
-            raise RuntimeError("training broke")
-        return Report(suite, tables=[Table(f"{suite} table", ["x"], [[1.0]])], summary={"value": 1.0})
+def test_preset_and_video_grid_reach_the_models_and_the_codec():
+    config = StreamingBenchConfig.make(quick=True, preset="small", video_grid=(2, 3))
+    student, teacher, codec = bench_models(config, torch.device("cpu"))
+    assert student.video_grid == teacher.video_grid == codec.video.latent_size == (2, 3)
+    assert student.causal and not teacher.causal
+    assert sum(p.numel() for p in teacher.parameters()) == parameter_counts("small", video_grid=(2, 3))["total"]
 
-    monkeypatch.setattr(bench_command, "_run", run)
-    with pytest.raises(RuntimeError, match="training broke"):
-        main(["bench", "--suite", "all", "--out", str(tmp_path / "all.json")])
-    assert "### streaming table" in capsys.readouterr().out  # printed before the failure
-    report = json.loads((tmp_path / "all.json").read_text())
-    assert report["summary"] == {"value": 1.0} and report["suite"] == "streaming"
+
+def test_streaming_bench_runs_at_a_non_square_video_grid(tmp_path, capsys):
+    main(["bench", "--suite", "streaming", "--quick", "true", "--video-grid", "2x3", "--out", str(tmp_path / "b.json")])
+    assert "(tiny preset, 2x3 video grid, 1-s clip + lead)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "b.json").read_text())["summary"]
+    assert summary["video_grid"] == "2x3" and summary["preset"] == "tiny" and summary["block_latency_ms"] > 0
