@@ -146,7 +146,9 @@ class BlockLayout:
     @cached_property
     def num_blocks(self) -> int:
         """Macro-blocks, the last possibly partial."""
-        return int(self.video_blocks_of(torch.tensor([self.num_video - 1]))[0]) + 1
+        last = self.num_video - 1  # block of the last video latent, as _block_of (integer arithmetic, no tensor)
+        second = 0 if last == 0 else (last - 1) // self.video_rate + 1
+        return (second if self.prefix == "v1" else max(second - 1, 0)) + 1
 
     @property
     def is_complete(self) -> bool:

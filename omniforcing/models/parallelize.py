@@ -4,9 +4,10 @@
   KV cache because a layer receives its cached history as arguments (immutable tensors) and returns its new
   keys/values instead of writing them.
 * :func:`checkpoint_cached_forward` checkpoints a whole cached forward (Self-Forcing's exit step,
-  ALGORITHMS.md §5.3): it snapshots the cache before the call and restores that snapshot for the recompute in
-  backward, then puts the later state back, so the recompute sees exactly the history the original forward
-  saw even after more blocks were committed and evicted.
+  ALGORITHMS.md §5.3): it keeps a private copy of the cache before the call (the ring buffer overwrites evicted
+  blocks in place) and recomputes in backward against a fork of that copy, so the recompute sees exactly the
+  history the original forward saw even after more blocks were committed and evicted, and the live cache is
+  not touched.
 """
 
 from __future__ import annotations
@@ -34,18 +35,14 @@ def checkpoint_cached_forward(model: DualStreamTransformer, *args: Any, cache: A
 
     Positional ``args`` are the model's positional inputs (video, audio, t_video, t_audio, text); ``kwargs``
     its keyword arguments (``block``, ``commit``, ``step_size``...). A committing call commits once in the
-    forward; the recompute in backward commits into the restored snapshot and the later state is put back.
+    forward; the recompute in backward runs (and commits) in a throw-away fork of the copied snapshot.
     """
-    snapshot = cache.snapshot()
+    snapshot = cache.snapshot(copy=True)
+    runs = []
 
     def run(*inputs: Any) -> tuple[Tensor | None, Tensor | None]:
-        later = cache.snapshot()
-        recompute = later is not snapshot
-        cache.restore(snapshot)
-        try:
-            return model(*inputs, cache=cache, **kwargs)
-        finally:
-            if recompute:
-                cache.restore(later)
+        target = cache if not runs else cache.fork(snapshot)
+        runs.append(target)
+        return model(*inputs, cache=target, **kwargs)
 
     return checkpoint(run, *args, use_reentrant=False)

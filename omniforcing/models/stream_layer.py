@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from omniforcing.models.layers import KV, Attention, CachedKV, FeedForward, RMSNorm, gated, modulate
 from omniforcing.models.layout import AttentionMasks
-from omniforcing.models.rope import RopeTables, apply_rope
+from omniforcing.models.ring import GatheredKV, RingKV, with_history
+from omniforcing.models.rope import RopeTables
 
 # rows of the per-stream modulation: self-attn (shift, scale, gate), MLP (shift, scale, gate),
 # cross-modal query (shift, scale), cross-modal key/value source (shift, scale), cross-modal gate
@@ -69,14 +70,12 @@ class StreamCall:
     Args:
         self_rope: tables for the stream's self-attention, ``(N, head_dim // 2)``.
         cross_rope: time-only tables for cross-modal attention, ``(N, cross_head_dim // 2)``.
-        pinned: cached history tokens of block 0 (prefix and sinks) in front of the history.
         self_shift: rotation applied to pinned history keys of self-attention ("relative" prefix policy).
         cross_shift: the same for the cross-modal keys.
     """
 
     self_rope: RopeTables
     cross_rope: RopeTables
-    pinned: int = 0
     self_shift: RopeTables | None = None
     cross_shift: RopeTables | None = None
 
@@ -89,29 +88,6 @@ class LayerCall:
     video: StreamCall | None
     audio: StreamCall | None
     masks: AttentionMasks
-
-
-def with_history(history: CachedKV | None, current: KV, pinned: int = 0, shift: RopeTables | None = None) -> KV:
-    """``[history | current]`` keys and values; pinned history keys are rotated by ``shift`` when given.
-
-    Without autograd (sampling) the current keys/values are written into the history's spare room and one
-    view is returned; with autograd (training) they are concatenated, so no tensor is ever modified in place.
-    """
-    if history is None:
-        return current
-    start, end = history.length, history.length + current.key.shape[2]
-    in_place = (shift is None and not torch.is_grad_enabled() and end <= history.key.shape[2]
-                and history.key.dtype == current.key.dtype
-                and (torch.is_inference_mode_enabled() or not history.key.is_inference()))
-    if in_place:
-        history.key[:, :, start:end] = current.key
-        history.value[:, :, start:end] = current.value
-        return KV(history.key[:, :, :end], history.value[:, :, :end])
-    past = history.valid()
-    keys = [past.key]
-    if shift is not None and pinned:
-        keys = [apply_rope(past.key[:, :, :pinned], shift), past.key[:, :, pinned:]]
-    return KV(torch.cat([*keys, current.key], dim=2), torch.cat([past.value, current.value], dim=2))
 
 
 class StreamLayer(nn.Module):
@@ -140,13 +116,13 @@ class StreamLayer(nn.Module):
         """Per-frame AdaLN values ``(B, T, 11, D)`` from the stream's global modulation ``(B, T, 11, D)``."""
         return global_mod + self.modulation
 
-    def self_attention(self, x: Tensor, mod: Tensor, call: StreamCall, history: KV | None,
+    def self_attention(self, x: Tensor, mod: Tensor, call: StreamCall, history: RingKV | GatheredKV | None,
                        mask: Tensor | None) -> tuple[Tensor, KV]:
         """Gated, modulated self-attention over ``[history | x]``; returns the new ``x`` and the current K/V."""
         h = modulate(self.norm(x), mod[:, :, SA_SHIFT], mod[:, :, SA_SCALE])
         q = self.self_attn.queries(h, call.self_rope)
         current = self.self_attn.keys_values(h, call.self_rope)
-        kv = with_history(history, current, call.pinned, call.self_shift)
+        kv = with_history(history, current, call.self_shift)
         return x + gated(self.self_attn.attend(q, kv, mask), mod[:, :, SA_GATE]), current
 
     def text_attention(self, x: Tensor, text: KV, mask: Tensor) -> Tensor:
@@ -191,7 +167,7 @@ class DualStreamLayer(nn.Module):
 
     def forward(self, video: Tensor | None, audio: Tensor | None, video_mod: Tensor | None,
                 audio_mod: Tensor | None, text: TextKV, call: LayerCall,
-                history: LayerKV | None) -> tuple[Tensor | None, Tensor | None, LayerKV]:
+                history: dict[str, RingKV | GatheredKV] | None) -> tuple[Tensor | None, Tensor | None, LayerKV]:
         """Run the layer on ``(B, Nv, Dv)`` video and/or ``(B, Na, Da)`` audio tokens.
 
         Args:
@@ -199,22 +175,22 @@ class DualStreamLayer(nn.Module):
             audio_mod: the audio stream's ``(B, S + Ta, 11, Da)``.
             text: this layer's text keys/values.
             call: geometry and masks of this forward.
-            history: cached keys/values of earlier blocks, or ``None``.
+            history: ring storage of cached earlier blocks per attention kind (absent kinds: no history).
 
         Returns:
             New video and audio tokens, and this call's keys/values (to commit into a cache).
         """
-        history = history or LayerKV()
+        history = history or {}
         masks = call.masks
         current: dict[str, KV] = {}
         mv = self.video.values(video_mod) if video is not None else None
         ma = self.audio.values(audio_mod) if audio is not None else None
         if video is not None:
-            video, current["video_self"] = self.video.self_attention(video, mv, call.video, history.video_self,
+            video, current["video_self"] = self.video.self_attention(video, mv, call.video, history.get("video_self"),
                                                                      masks.video_self)
             video = self.video.text_attention(video, text.video, text.video_mask)
         if audio is not None:
-            audio, current["audio_self"] = self.audio.self_attention(audio, ma, call.audio, history.audio_self,
+            audio, current["audio_self"] = self.audio.self_attention(audio, ma, call.audio, history.get("audio_self"),
                                                                      masks.audio_self)
             audio = self.audio.text_attention(audio, text.audio, text.audio_mask)
         if video is not None and audio is not None:
@@ -226,16 +202,14 @@ class DualStreamLayer(nn.Module):
         return video, audio, LayerKV(**current)
 
     def _cross_modal(self, video: Tensor, audio: Tensor, mv: Tensor, ma: Tensor, call: LayerCall,
-                     history: LayerKV, current: dict[str, KV]) -> tuple[Tensor, Tensor]:
+                     history: dict[str, RingKV | GatheredKV], current: dict[str, KV]) -> tuple[Tensor, Tensor]:
         """Both directions read the pre-update states (the inputs are not modified before both are done)."""
         query_v, source_v = self.video.cross_inputs(video, mv)
         query_a, source_a = self.audio.cross_inputs(audio, ma)
         current["audio_to_video"] = self.video.cross_attn.keys_values(source_a, call.audio.cross_rope)
         current["video_to_audio"] = self.audio.cross_attn.keys_values(source_v, call.video.cross_rope)
-        a2v = with_history(history.audio_to_video, current["audio_to_video"], call.audio.pinned,
-                           call.audio.cross_shift)
-        v2a = with_history(history.video_to_audio, current["video_to_audio"], call.video.pinned,
-                           call.video.cross_shift)
+        a2v = with_history(history.get("audio_to_video"), current["audio_to_video"], call.audio.cross_shift)
+        v2a = with_history(history.get("video_to_audio"), current["video_to_audio"], call.video.cross_shift)
         new_video = self.video.cross_attention(video, mv, query_v, a2v, call.video.cross_rope,
                                                call.masks.audio_to_video)
         new_audio = self.audio.cross_attention(audio, ma, query_a, v2a, call.audio.cross_rope,

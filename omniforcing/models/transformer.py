@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from omniforcing.models.geometry import SinkRope, TokenGeometry
-from omniforcing.models.kv_cache import AVKVCache, PrefixPosition
+from omniforcing.models.kv_cache import AVKVCache, CachePlan, PrefixPosition
 from omniforcing.models.layers import RMSNorm, TimestepEmbedding, modulate
 from omniforcing.models.layout import (
     AttentionMasks,
@@ -29,6 +29,7 @@ from omniforcing.models.layout import (
     visibility_masks,
     window_blocks,
 )
+from omniforcing.models.ring import gather
 from omniforcing.models.rope import RotaryEmbedding
 from omniforcing.models.stream_layer import NUM_MODULATIONS, DualStreamLayer, LayerCall, LayerKV, StreamCall, TextKV
 from omniforcing.models.text import ByteTextEncoder, StreamText, TextContext, TextEncoder
@@ -202,6 +203,7 @@ class DualStreamTransformer(nn.Module):
             ``(video velocity, audio velocity)`` in the shapes of ``video`` and ``audio`` (``None`` where absent).
         """
         batch, num_video, num_audio = self._check_inputs(video, audio, t_video, t_audio, text, step_size)
+        plan = None
         if cache is None:
             if block or commit:
                 raise ValueError("block and commit are only meaningful with a cache")
@@ -214,25 +216,44 @@ class DualStreamTransformer(nn.Module):
             cache.check_call(block, video is not None, audio is not None, batch)
             layout = self.layout(self._grid.video_start(block) + num_video if num_video else None,
                                  self._grid.audio_start(block) + num_audio if num_audio else None)
+            plan = self.cache_plan(cache, layout, block, num_video > 0, num_audio > 0)
             masks = None if layout.num_blocks - block > 1 else AttentionMasks()  # one block: all history visible
         call, video_ids, audio_ids = self._call(layout, block, num_video, num_audio, masks, cache)
         with_sinks = audio is not None and block == 0 and self.num_audio_sinks > 0
         xv, ev, mv = self._embed_video(video, t_video, step_size)
         xa, ea, ma = self._embed_audio(audio, t_audio, step_size, with_sinks)
         text_kv = self._text_kv(text) if cache is None else cache.text_kv(text, lambda: self._text_kv(text))
-        xv, xa, current = self._run_layers(xv, xa, mv, ma, text_kv, call, cache)
+        xv, xa, current = self._run_layers(xv, xa, mv, ma, text_kv, call, plan)
         if commit:
-            cache.commit(current, video_ids, audio_ids, layout.num_blocks, layout.is_complete)
+            cache.commit(plan, current)
         return self._video_out(xv, ev, video), self._audio_out(xa, ea, with_sinks)
+
+    def cache_plan(self, cache: AVKVCache, layout: BlockLayout, block: int, has_video: bool,
+                   has_audio: bool) -> CachePlan:
+        """The cache's plan for a call of blocks ``block .. layout.num_blocks - 1`` (memoised by the cache, so
+        every denoising step and the commit of a block share one; host arithmetic only)."""
+        tokens_per_frame = self.video_grid[0] * self.video_grid[1]
+        blocks = range(block, layout.num_blocks)
+
+        def counts(start, total: int, per: int, extra: int) -> tuple[tuple[int, int], ...]:
+            return tuple((b, (min(start(b + 1), total) - start(b)) * per + (extra if b == 0 else 0)) for b in blocks)
+
+        video = counts(layout.video_start, layout.num_video, tokens_per_frame, 0) if has_video else None
+        audio = counts(layout.audio_start, layout.num_audio, 1, self.num_audio_sinks) if has_audio else None
+        return cache.plan(block, video, audio, (layout.video_rate * tokens_per_frame, layout.audio_rate),
+                          layout.is_complete, self._device())
 
     def _run_layers(self, xv: Tensor | None, xa: Tensor | None, mv: Tensor | None, ma: Tensor | None,
                     text_kv: list[TextKV], call: LayerCall,
-                    cache: AVKVCache | None) -> tuple[Tensor | None, Tensor | None, list[LayerKV]]:
+                    plan: CachePlan | None) -> tuple[Tensor | None, Tensor | None, list[LayerKV]]:
         current = []
         for index, layer in enumerate(self.layers):
-            args = (xv, xa, mv, ma, text_kv[index], call, None if cache is None else cache.history(index))
+            history = None if plan is None else plan.layer(index)
+            args = (xv, xa, mv, ma, text_kv[index], call, history)
             if layer.activation_checkpointing and torch.is_grad_enabled():
-                xv, xa, kv = checkpoint(layer, *args, use_reentrant=False)
+                # the recompute runs after later commits overwrote ring slots: hand it a copy of the history
+                history = history and {kind: gather(ring_kv) for kind, ring_kv in history.items()}
+                xv, xa, kv = checkpoint(layer, *args[:-1], history, use_reentrant=False)
             else:
                 xv, xa, kv = layer(*args)
             current.append(kv)
@@ -293,12 +314,10 @@ class DualStreamTransformer(nn.Module):
         if masks is None:
             masks = visibility_masks(video_ids, audio_ids, _cat_ids(cache.video_blocks, video_ids),
                                      _cat_ids(cache.audio_blocks, audio_ids), cache.video_window, cache.audio_window)
-        pinned_v, pinned_a = cache.pinned_tokens() if cache is not None else (0, 0)
         shift = cache.relative_shift(block) if cache is not None else 0.0
         self_shift, cross_shift = self.geometry.time_shift(shift, device, dtype) if shift else (None, None)
-        video_call = None if video is None else StreamCall(video.self_rope, video.cross_rope, pinned_v, self_shift,
-                                                           cross_shift)
-        audio_call = None if audio is None else StreamCall(audio.self_rope, audio.cross_rope, pinned_a, cross_shift,
+        video_call = None if video is None else StreamCall(video.self_rope, video.cross_rope, self_shift, cross_shift)
+        audio_call = None if audio is None else StreamCall(audio.self_rope, audio.cross_rope, cross_shift,
                                                            cross_shift)
         return LayerCall(video_call, audio_call, masks), video_ids, audio_ids
 
@@ -357,4 +376,4 @@ def _check_time(name: str, t: Tensor | None, shape: tuple[int, int]) -> None:
 def _cat_ids(history: Tensor | None, current: Tensor | None) -> Tensor | None:
     if current is None:
         return None
-    return current if history is None else torch.cat([history, current])
+    return current if history is None else torch.cat([history.to(current.device), current])
