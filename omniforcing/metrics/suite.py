@@ -2,7 +2,7 @@
 
 This is the API the evaluation callback and ``omniforcing evaluate`` build on::
 
-    suite = MetricSuite(["video_stats", "audio_stats", "i3d", "vggish", "sync"])
+    suite = MetricSuite(["video_stats", "audio_stats", "i3d", "vggish", "sync", "desync"])
     suite.prepare_real_stats(real_batches, fps=24, sample_rate=16000, cache_dir="runs/x/metric_cache",
                              description="val shards data/synth/val-*.tar, 2 s clips")
     for video, audio in generated:
@@ -32,17 +32,18 @@ from omniforcing.metrics.extractors import (
     EXTRACTOR_NAMES,
     InvalidWeightsError,
     MissingWeightsError,
+    SynchformerOffsets,
     build_extractor,
 )
 from omniforcing.metrics.frechet_metric import FrechetAudioDistance, FrechetDistance, FrechetVideoDistance
 from omniforcing.metrics.sync import SyncAnalyzer
-from omniforcing.metrics.sync_metrics import AVAlign, AVSyncOffset, EventSync
+from omniforcing.metrics.sync_metrics import AVAlign, AVSyncOffset, DeSync, EventSync
 from omniforcing.types import AVBatch
 
 logger = logging.getLogger(__name__)
 
-SUITE_METRICS = (*EXTRACTOR_NAMES, "sync")
-"""Names accepted by :class:`MetricSuite`: the extractor names plus ``"sync"``."""
+SUITE_METRICS = (*EXTRACTOR_NAMES, "sync", "desync")
+"""Names accepted by :class:`MetricSuite`: the extractor names plus ``"sync"`` and ``"desync"`` (Synchformer)."""
 
 
 def real_stats_cache_path(cache_dir: str | Path, metric: FrechetDistance, description: str) -> Path:
@@ -64,9 +65,11 @@ class MetricSuite(nn.Module):
 
     Args:
         metrics: names from :data:`SUITE_METRICS`: ``"video_stats"``, ``"audio_stats"`` (weight-free FDs),
-            ``"i3d"`` (FVD), ``"vggish"`` (FAD), ``"sync"`` (AV-Align, AV offset, event sync).
+            ``"i3d"`` (FVD), ``"vggish"`` (FAD), ``"sync"`` (AV-Align, AV offset, event sync), ``"desync"``
+            (Synchformer DeSync; clips of at least 4.8 s).
         i3d_path: ``i3d_torchscript.pt`` (None: ``$OMNIFORCING_I3D_PATH``).
         vggish_path: ``vggish-10086976.pth`` (None: ``$OMNIFORCING_VGGISH_PATH``).
+        synchformer_path: ``synchformer_state_dict.pth`` (None: ``$OMNIFORCING_SYNCHFORMER_PATH``).
         keep_features: keep raw features to also report the kernel distance ``kd_<extractor>`` and
             ``<name>_inf`` (FD-infinity); memory grows with the number of clips.
         sync_tolerance_frames: event-matching tolerance of :class:`EventSync`, in video frames.
@@ -78,7 +81,8 @@ class MetricSuite(nn.Module):
 
     def __init__(self, metrics: Sequence[str] = ("video_stats", "audio_stats", "sync"), *,
                  i3d_path: str | Path | None = None, vggish_path: str | Path | None = None,
-                 keep_features: bool = False, sync_tolerance_frames: float = 1.0,
+                 synchformer_path: str | Path | None = None, keep_features: bool = False,
+                 sync_tolerance_frames: float = 1.0,
                  max_offset_ms: float = 500.0) -> None:
         super().__init__()
         unknown = [name for name in metrics if name not in SUITE_METRICS]
@@ -90,7 +94,12 @@ class MetricSuite(nn.Module):
         self.failures: Counter[str] = Counter()
         self.keep_features = keep_features
         self.analyzer = SyncAnalyzer()
+        self.synchformer: SynchformerOffsets | None = None
+        self.desync: DeSync | None = None
         for name in metrics:
+            if name == "desync":
+                self._add_desync(synchformer_path)
+                continue
             if name == "sync":
                 self.sync.update({"av_align": AVAlign(), "av_offset": AVSyncOffset(max_offset_ms=max_offset_ms),
                                   "event_sync": EventSync(tolerance_frames=sync_tolerance_frames)})
@@ -103,6 +112,19 @@ class MetricSuite(nn.Module):
                 continue
             metric_class = FrechetVideoDistance if extractor.modality == "video" else FrechetAudioDistance
             self.frechet[name] = metric_class(extractor, reset_real_features=False, keep_features=keep_features)
+
+    def _add_desync(self, path: str | Path | None) -> None:
+        """DeSync only with a recognised Synchformer state dict; otherwise skipped with one warning."""
+        try:
+            synchformer = SynchformerOffsets(path)
+        except (MissingWeightsError, InvalidWeightsError) as error:
+            logger.warning("metric 'desync' is skipped: %s", error)
+            self.skipped["desync"] = str(error)
+            return
+        if not synchformer.is_reference:
+            self.skipped["desync"] = "the Synchformer file is not the published one (MD5 differs)"
+            return
+        self.synchformer, self.desync = synchformer, DeSync()
 
     @property
     def names(self) -> list[str]:
@@ -144,7 +166,11 @@ class MetricSuite(nn.Module):
                 metric.update(media, rate, real=real)
             except ValueError as error:
                 self._fail(f"{metric.name} update", error)
-        if real or not self.sync or video is None or audio is None:
+        if real or video is None or audio is None:
+            return
+        if self.synchformer is not None:
+            self._update_desync(video, audio, fps, sample_rate)
+        if not self.sync:
             return
         try:
             signals = self.analyzer(video, audio, fps, sample_rate)
@@ -154,6 +180,14 @@ class MetricSuite(nn.Module):
         self.sync["av_align"].update(signals)
         self.sync["av_offset"].update(signals)
         self.sync["event_sync"].update(signals, event_times)
+
+    def _update_desync(self, video: Tensor, audio: Tensor, fps: float, sample_rate: int) -> None:
+        try:
+            offsets = self.synchformer(video, audio, fps, sample_rate)
+        except ValueError as error:
+            self._fail("desync", error)
+            return
+        self.desync.update(offsets)
 
     def prepare_real_stats(self, batches: Iterable[AVBatch], *, fps: float, sample_rate: int,
                            cache_dir: str | Path, description: str) -> dict[str, Path]:
@@ -207,12 +241,13 @@ class MetricSuite(nn.Module):
         Keys: per Fréchet metric ``<name>`` (``fvd``, ``fad``, ``fd_video_stats``, ...), ``<name>_n_real`` and
         ``<name>_n_fake`` (always report N: FD is biased by ~c/N), with ``keep_features`` also
         ``kd_<extractor>`` and ``<name>_inf``; with ``"sync"`` the keys of :class:`AVAlign`,
-        :class:`AVSyncOffset` and :class:`EventSync` (``av_align``, ``av_offset_ms``, ``event_f1_audio_visual``...).
+        :class:`AVSyncOffset` and :class:`EventSync` (``av_align``, ``av_offset_ms``, ``event_f1_audio_visual``...);
+        with ``"desync"`` (real Synchformer weights given) ``desync``, ``desync_signed`` and ``desync_clips``.
         """
         values: dict[str, float] = {}
         for metric in self.frechet.values():
             values.update(self._compute_frechet(metric))
-        for metric in self.sync.values():
+        for metric in [*self.sync.values(), *([self.desync] if self.desync is not None else [])]:
             # under DDP every rank must take part in the sync, also a rank that saw no clip
             if not metric.update_called and not _is_distributed():
                 continue
@@ -243,5 +278,5 @@ class MetricSuite(nn.Module):
             metric.reset()
             if include_real:
                 metric.clear_real()
-        for metric in self.sync.values():
+        for metric in [*self.sync.values(), *([self.desync] if self.desync is not None else [])]:
             metric.reset()

@@ -211,3 +211,33 @@ class EventSync(Metric):
         result["event_timing_error_ms"] = _ratio(self.timing_error_sum, self.timing_pairs)
         result["event_timing_pairs"] = self.timing_pairs.clone()
         return result
+
+
+class DeSync(Metric):
+    """DeSync (MMAudio's ``av-benchmark``): mean absolute Synchformer offset in seconds over compared windows.
+
+    ``update`` takes the signed offsets ``(B, W)`` of :class:`~omniforcing.metrics.extractors.SynchformerOffsets`
+    (the first and the last 4.8-s window of each clip). Only the real Synchformer weights make this DeSync;
+    the suite never computes it with stand-in weights.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        _add_sum_states(self, ("absolute_sum", "signed_sum", "windows", "clips"))
+
+    def update(self, offsets: Tensor) -> None:
+        """Add the signed offsets ``(B, W)`` in seconds of ``B`` clips."""
+        offsets = offsets.double()
+        self.absolute_sum += offsets.abs().sum()
+        self.signed_sum += offsets.sum()
+        self.windows += offsets.numel()
+        self.clips += offsets.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"desync": mean |offset| (s), "desync_signed": mean offset (s, > 0: audio ahead), "desync_clips"}``."""
+        return {"desync": _ratio(self.absolute_sum, self.windows), "desync_signed": _ratio(self.signed_sum, self.windows),
+                "desync_clips": self.clips.clone()}

@@ -2,6 +2,8 @@
 
 Names: ``"i3d"`` (FVD reference, needs ``i3d_torchscript.pt``), ``"vggish"`` (FAD reference, needs
 ``vggish-10086976.pth``), ``"video_stats"`` and ``"audio_stats"`` (weight-free, always available).
+Synchformer (:class:`SynchformerOffsets`, needs ``synchformer_state_dict.pth``) is a paired audio-visual model,
+not a feature extractor of one modality: it predicts offsets for DeSync (``MetricSuite`` name ``"desync"``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from omniforcing.metrics.extractors.base import (
     PreprocessingSpec,
 )
 from omniforcing.metrics.extractors.i3d import I3D_PATH_ENV, I3DFeatures
+from omniforcing.metrics.extractors.synchformer import SYNCHFORMER_PATH_ENV, SynchformerOffsets
+from omniforcing.metrics.extractors.synchformer_network import SynchformerNetwork
 from omniforcing.metrics.extractors.vggish import VGGISH_PATH_ENV, VGGishFeatures, VGGishNetwork
 from omniforcing.metrics.extractors.video_stats import VIDEO_STATS_FEATURES, VideoStatistics
 
@@ -51,6 +55,7 @@ __all__ = [
     "AUDIO_STATS_FEATURES",
     "EXTRACTOR_NAMES",
     "I3D_PATH_ENV",
+    "SYNCHFORMER_PATH_ENV",
     "VGGISH_PATH_ENV",
     "VIDEO_STATS_FEATURES",
     "AudioStatistics",
@@ -59,6 +64,8 @@ __all__ = [
     "InvalidWeightsError",
     "MissingWeightsError",
     "PreprocessingSpec",
+    "SynchformerNetwork",
+    "SynchformerOffsets",
     "VGGishFeatures",
     "VGGishNetwork",
     "VideoStatistics",
