@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "data codec-stats": "omniforcing.commands.codec:codec_stats",
     "codec export": "omniforcing.commands.codec:export_codec",
     "generate": "omniforcing.commands.generate:generate",
+    "serve": "omniforcing.commands.serve:serve",
     "export": "omniforcing.commands.export:export",
     "bench": "omniforcing.commands.bench:bench",
     "evaluate": "omniforcing.commands.evaluate:evaluate",
