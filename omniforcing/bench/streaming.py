@@ -1,16 +1,22 @@
 """Streaming benchmark: a causal student streaming vs the bidirectional teacher, latency against stream position
-(rolling window vs a cache that never evicts), time to first block, overlap, and FLOPs against the measured peak.
+(rolling window vs a cache that never evicts) and its flatness, time to first block, overlap, and FLOPs against
+the measured peak (issue 12, item 4).
 
-Everything is measured side by side in one run on the same machine. Both models have the same preset size
-and random weights (timings do not depend on the weights); the codec is the learned latent space's
-architecture (:class:`~omniforcing.codecs.CausalVideoAutoencoder` + :class:`~omniforcing.codecs.MelAutoencoder`,
-random weights too). Each model is sampled as it is used in practice: the teacher with 32 Euler steps and
-classifier-free guidance (2 forwards per step) over the whole clip, the student with 4 few-step steps and no
-guidance plus one commit forward per 1-s block.
+Everything is measured side by side in one run on the same machine. Both models have the same preset size and
+video latent grid (``--preset``, ``--video-grid``) and random weights (timings do not depend on the weights);
+the codec is the learned latent space's architecture (:class:`~omniforcing.codecs.CausalVideoAutoencoder` at
+8x the grid in pixels + :class:`~omniforcing.codecs.MelAutoencoder`, random weights too). Each model is sampled
+as it is used in practice: the teacher with 32 Euler steps and classifier-free guidance (2 forwards per step)
+over the whole clip, the student with 4 few-step steps and no guidance plus one commit forward per 1-s block.
+The student runs only through :class:`~omniforcing.inference.streaming.StreamingGenerator`'s public API
+(``stream``, ``latent_blocks``, ``generate_latents``); :func:`student_settings` is the one place that turns
+the bench's options into its settings.
 
 The backbones run in the dtype whose matmul peak measures fastest on the device (bf16 on GPUs and AMX CPUs,
 fp32 on AVX2-only CPUs, where bf16 is emulated); the codec decodes in fp32. Every timed function runs once
-untimed first; GPU regions are timed with CUDA events (:mod:`omniforcing.bench.timing`).
+untimed first; GPU regions are timed with CUDA events (:mod:`omniforcing.bench.timing`). Each table is one
+:meth:`~omniforcing.bench.report.Report.measure` call: a table that raises is recorded with its error and the
+next one runs.
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ method whose module or recipe is not in this checkout gets a "not available" row
 checkpoints the distillation stages load are a randomly initialised teacher of the same size, exported
 to a temporary folder (timings do not depend on the weights); Stage II reads ODE pairs that this teacher
 writes with ``omniforcing data ode-pairs`` (8 Euler steps on the bench's device; not timed). The
-per-preset throughput table builds the joint teacher the same way but with the default learned latents (``recipes/latents/learned.yaml``, codec
-weights shipped in ``checkpoints/reference/codec``, read relative to the working directory: run from the
-repository root), so its tokens are those ``omniforcing fit`` trains on; tokens are counted as the
-``Throughput`` callback counts them (``AVLitModule.tokens_in_last_batch``: video + audio latent positions).
+per-preset throughput table builds the joint teacher the same way but with the default learned latents
+(``recipes/latents/learned.yaml``, codec weights shipped in ``checkpoints/reference/codec``, read relative to
+the working directory: run from the repository root), so its tokens are those ``omniforcing fit`` trains on;
+tokens are counted as the ``Throughput`` callback counts them (``AVLitModule.tokens_in_last_batch``: video +
+audio latent positions).
 
 Memory on CPU is the process's resident set size after ``gc.collect()`` and glibc ``malloc_trim`` (so freed
 heap pages do not count): "held" is the size after the warm-up step over the size before the module was
