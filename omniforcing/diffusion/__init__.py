@@ -12,7 +12,7 @@ from omniforcing.diffusion.flow import (
     x0_from_velocity,
 )
 from omniforcing.diffusion.guidance import classifier_free_guidance
-from omniforcing.diffusion.samplers import Denoiser, sample_euler, sample_few_step
+from omniforcing.diffusion.samplers import Denoiser, fresh_noise, sample_euler
 from omniforcing.diffusion.schedules import euler_schedule, shift_time
 from omniforcing.diffusion.time_samplers import LogitNormalTimeSampler, TimeSampler, UniformTimeSampler
 
@@ -26,8 +26,8 @@ __all__ = [
     "eps_from_velocity",
     "euler_schedule",
     "expand_time",
+    "fresh_noise",
     "sample_euler",
-    "sample_few_step",
     "shift_time",
     "velocity_from_x0",
     "velocity_target",

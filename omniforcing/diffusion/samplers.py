@@ -1,9 +1,11 @@
 """Samplers over a denoiser that predicts velocity for a pair of modalities.
 
+The few-step loop lives in :mod:`omniforcing.sampling.few_step` (with the block generator that also uses it).
+
 Contract (k-diffusion style, one signature for every sampler): ``denoiser(x, t)`` takes noisy latents
 :class:`~omniforcing.types.AVLatents` and a per-clip time ``t`` of shape ``(B,)`` shared by every token being
 denoised, and returns velocities of the same shapes. Guidance, per-token time expansion, text and KV caches
-are bound inside the closure by the caller, so the same two samplers serve the bidirectional teacher (the
+are bound inside the closure by the caller, so the same samplers serve the bidirectional teacher (the
 whole clip at once) and causal students (one macro-block at a time against a cache).
 """
 
@@ -14,7 +16,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from omniforcing.diffusion.flow import add_noise, x0_from_velocity
 from omniforcing.types import AVLatents
 
 Denoiser = Callable[[AVLatents, Tensor], AVLatents]
@@ -42,41 +43,6 @@ def sample_euler(denoiser: Denoiser, noise: AVLatents, ts: Sequence[float] | Ten
         v = denoiser(x, _time(t_now, x))
         x = x.zip_map(v, lambda xm, vm, dt=t_next - t_now: xm + dt * vm)
     return x
-
-
-def sample_few_step(
-    denoiser: Denoiser,
-    noise: AVLatents,
-    ts: Sequence[float] | Tensor,
-    generator: torch.Generator | None = None,
-) -> AVLatents:
-    """Few-step sampler of the distillation papers (ALGORITHMS.md §2.2): predict ``x0``, re-noise with FRESH noise.
-
-    For each ``t_k`` of a short list (e.g. 4 values starting at 1): ``x0 = x - t_k v(x, t_k)``; at the last
-    step return ``x0``, otherwise ``x <- (1 - t_{k+1}) x0 + t_{k+1} eps_fresh``. This is not an ODE step, so
-    the step list must be the one the few-step model was trained on.
-
-    Args:
-        denoiser: velocity model.
-        noise: pure-noise latents for ``ts[0]``.
-        ts: the few-step times, decreasing, all ``> 0`` (the final clean state is implicit).
-        generator: source of the fresh noise (for reproducible streams).
-
-    Returns:
-        The clean estimate after the last step.
-    """
-    ts = [float(t) for t in ts]
-    if not ts or min(ts) <= 0.0:
-        raise ValueError(f"few-step times must be > 0 and non-empty, got {ts}")
-    x = noise
-    for k, t_now in enumerate(ts):
-        t = _time(t_now, x)
-        x0 = x.zip_map(denoiser(x, t), lambda xm, vm: x0_from_velocity(xm, vm, t))
-        if k == len(ts) - 1:
-            return x0
-        t_next = _time(ts[k + 1], x)
-        x = x0.map(lambda m: add_noise(m, fresh_noise(m, generator), t_next))
-    raise AssertionError("unreachable")
 
 
 def fresh_noise(like: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -7,7 +7,7 @@ from torch import nn
 
 from omniforcing.diffusion.samplers import sample_euler
 from omniforcing.diffusion.schedules import euler_schedule
-from omniforcing.inference.denoise import GuidedDenoiser
+from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.types import AVLatents
 
 

@@ -25,11 +25,9 @@ from typing import Any, Literal
 import torch
 
 from omniforcing.diffusion.schedules import euler_schedule
+from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES, check_times
 
 log = logging.getLogger(__name__)
-
-DEFAULT_FEW_STEP_TIMES = (1.0, 0.75, 0.5, 0.25)
-"""Few-step times when a model recorded none (the students' default: 4 uniform steps)."""
 
 DEFAULT_WINDOW_SECONDS = 10.0
 """KV-cache window when none is given: bounded memory and flat per-block cost for any stream length."""
@@ -45,7 +43,7 @@ class StreamingSettings:
     Args:
         video_times: few-step times of video (decreasing, in ``(0, 1]``); also audio's unless ``audio_times``.
         audio_times: few-step times of audio when they differ (asymmetric steps, see
-            :func:`omniforcing.inference.rollout.denoise_block`).
+            :mod:`omniforcing.sampling.few_step`).
         context_time: flow time at which each finished block is committed to the cache (0 = clean).
         window_seconds: video KV-cache window in whole seconds (``None`` = never evict: memory and per-block
             cost then grow with the stream).
@@ -64,6 +62,8 @@ class StreamingSettings:
         video_decode_context: video latents of history for the decoder (``None``: the codec's own context).
         audio_decode_context: audio latents of left context for the audio decoder (``None``: the codec's
             causal context).
+        compile: run every block step captured (``omniforcing.sampling.capture``: CUDA graphs over static
+            buffers); ``None`` = on CUDA, eager elsewhere (``--compile/--no-compile``).
     """
 
     video_times: tuple[float, ...] = DEFAULT_FEW_STEP_TIMES
@@ -81,11 +81,12 @@ class StreamingSettings:
     lookahead: int = 1
     video_decode_context: int | None = None
     audio_decode_context: int | None = None
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         for name, times in (("video_times", self.video_times), ("audio_times", self.audio_times)):
             if times is not None:
-                check_times(name, times)
+                check_times(times, name)
         if not 0.0 <= self.context_time < 1.0:
             raise ValueError(f"context_time must lie in [0, 1), got {self.context_time}")
         for name, window in (("window_seconds", self.window_seconds),
@@ -107,13 +108,6 @@ class StreamingSettings:
         """Backbone forwards per block: the longer schedule plus the commit, times two with guidance."""
         steps = max(len(self.video_times), len(self.audio_times or self.video_times))
         return (steps + 1) * (2 if self.guided else 1)
-
-
-def check_times(name: str, times: tuple[float, ...] | list[float]) -> None:
-    """Raise unless ``times`` is non-empty, strictly decreasing and inside ``(0, 1]``."""
-    values = [float(t) for t in times]
-    if not values or any(not 0.0 < t <= 1.0 for t in values) or any(a <= b for a, b in zip(values, values[1:])):
-        raise ValueError(f"{name} must be strictly decreasing values in (0, 1], got {values}")
 
 
 def method_setting(config: dict[str, Any], *names: str) -> Any:

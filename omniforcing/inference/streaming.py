@@ -1,14 +1,21 @@
 """Real-time streaming from any causal student: one macro-block of video and audio at a time, for any length.
 
-The loop is the one the causal methods train with (:mod:`omniforcing.inference.rollout`, ALGORITHMS.md §5.4):
-for each 1-s macro-block, fresh noise, the few-step sampler against the KV cache, then a commit forward
-that writes the block's clean keys/values; the block is decoded by the causal codec as soon as it exists
+The loop is the one the causal methods train with (the cached block generator of :mod:`omniforcing.sampling`,
+ALGORITHMS.md §5.4): for each 1-s macro-block, fresh noise, the few-step sampler against the KV cache, then a
+commit forward that writes the block's clean keys/values; the block is decoded by the causal codec as soon as it exists
 (:class:`~omniforcing.inference.stream_decoding.IncrementalDecoder`). The cache rolls: with a window of
 ``W`` seconds it keeps block 0 (the prefix, with the audio sinks) and the last ``W - 1`` blocks per modality,
 so memory and per-block cost are constant once the window is full (``AVKVCache``). One engine serves
 OmniForcing students (v1 prefix with sinks or v2 prefix), Mutual Forcing's few-step mode (step-size
 conditioning) and causal flow-matching models alike; the settings say how to sample
 (:class:`~omniforcing.inference.stream_settings.StreamingSettings`).
+
+Prompt switching: ``prompt`` may be a callable of the block index, asked at every block boundary; when its text
+changes, the conditional cache is rebound to the new text (``AVKVCache.set_text``) and keeps its history, so the
+new prompt applies from that block on (the unconditional CFG branch keeps the null prompt).
+
+Captured execution: with ``settings.compile`` (default on CUDA) every block step runs through
+``omniforcing.sampling.capture`` (CUDA graphs); on CPU it runs eager.
 
 Overlap: with ``settings.overlap`` the blocks are generated on a background thread that runs at most
 ``lookahead`` blocks ahead, while the consumer's thread decodes (and writes, plays, ...) earlier blocks.
@@ -22,7 +29,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,16 +40,22 @@ from torch import Tensor, nn
 from omniforcing.codecs.base import AVCodec
 from omniforcing.inference.clips import GeneratedClips
 from omniforcing.inference.export import load_model
-from omniforcing.inference.rollout import BlockGuidance, block_noise, block_shape, commit_block, denoise_block
 from omniforcing.inference.stream_decoding import IncrementalDecoder
 from omniforcing.inference.stream_settings import StreamingSettings, settings_from_config
 from omniforcing.models.kv_cache import AVKVCache
 from omniforcing.models.layout import BlockLayout, block_start
+from omniforcing.models.text import TextContext
+from omniforcing.sampling.blocks import BlockGenerator, BlockStep, block_step
+from omniforcing.sampling.guidance import GuidedDenoiser
+from omniforcing.sampling.schedule import BlockTimes
 from omniforcing.types import AVLatents
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+Prompt = str | Callable[[int], str]
+"""A caption, or a function of the block index giving the caption from that block on (prompt switching)."""
 
 
 @dataclass
@@ -177,45 +190,78 @@ class StreamingGenerator:
                          prefix_position=s.prefix_position or self.network.prefix_position)
 
     # ---------------------------------------------------------------- generation
-    def latent_blocks(self, prompt: str, seconds: int | None = None,
+    def latent_blocks(self, prompt: Prompt, seconds: int | None = None,
                       seed: int = 0) -> Generator[LatentBlock, None, None]:
         """Generate clean latents block by block (no decoding); ``seconds=None`` streams without end.
 
-        Random draws come from one CPU generator seeded with ``seed``, in the order of
-        :func:`~omniforcing.inference.rollout.block_noise`, :func:`~omniforcing.inference.rollout.denoise_block`
-        and :func:`~omniforcing.inference.rollout.commit_block`, so the stream is reproducible on any device.
+        Random draws come from one CPU generator seeded with ``seed``, drawn per block before its step in the
+        order the step consumes them (:meth:`~omniforcing.sampling.blocks.BlockGenerator.draw`), so the stream
+        is reproducible on any device, captured or not. ``prompt`` may be a callable of the block index
+        (module docstring).
         """
         s = self.settings
         generator = torch.Generator().manual_seed(seed)
         blocks = itertools.count() if seconds is None else range(self.num_blocks(seconds))
+        prompt_at = prompt if callable(prompt) else (lambda _: prompt)
         with torch.inference_mode():
-            text = self.network.encode_text([prompt])
-            cache = self.new_cache()
-            guidance = None
-            if s.guided:
-                null_text = self.network.encode_text([prompt], drop=torch.ones(1, dtype=torch.bool))
-                guidance = BlockGuidance(null_text, self.new_cache(), s.video_cfg, s.audio_cfg)
-            step_size = None if s.step_size is None else torch.full((1,), float(s.step_size), device=self.device)
-            video_latent, audio_latent = self._latent_shapes()
+            caption = prompt_at(0)
+            sampler = self._block_generator(caption)
         for index in blocks:
             with torch.inference_mode():
+                if index > 0 and (new_caption := prompt_at(index)) != caption:
+                    caption = new_caption
+                    self._switch_prompt(sampler, self.network.encode_text([caption]))
                 start = time.perf_counter()
-                noise = block_noise(block_shape(self.network, index, video_latent, audio_latent), 1, generator,
-                                    self.device)
-                x0 = denoise_block(self.network, text, cache, index, noise, list(s.video_times),
-                                   audio_times=None if s.audio_times is None else list(s.audio_times),
-                                   step_size=step_size, generator=generator, guidance=guidance)
-                commit_block(self.network, text, cache, index, x0, context_time=s.context_time, step_size=step_size,
-                             generator=generator, guidance=guidance)
+                x0 = sampler(index, generator)
                 _synchronize(self.device)
                 elapsed = (time.perf_counter() - start) * 1e3
+            cache = sampler.denoiser.cond.cache
             yield LatentBlock(index, x0, elapsed, cache.nbytes(), cache.num_tokens())
 
-    def stream(self, prompt: str, seconds: int | None = None, seed: int = 0) -> Iterator[StreamedBlock]:
+    @property
+    def compiled(self) -> bool:
+        """Whether block steps run captured (``settings.compile``; ``None``: on CUDA only)."""
+        return self.device.type == "cuda" if self.settings.compile is None else self.settings.compile
+
+    def block_step(self) -> BlockStep:
+        """The block step streams run: captured by ``omniforcing.sampling.capture`` when :attr:`compiled`."""
+        if not self.compiled:
+            return block_step
+        from omniforcing.sampling.capture import capture_block_step  # CUDA graphs: only imported when used
+
+        return capture_block_step(block_step)
+
+    def _block_generator(self, caption: str) -> BlockGenerator:
+        """Fresh caches (two with guidance) and the cached block generator of a stream for ``caption``."""
+        s = self.settings
+        null_text = null_cache = None
+        if s.guided:
+            null_text = self.network.encode_text([caption], drop=torch.ones(1, dtype=torch.bool))
+            null_cache = self.new_cache()
+        denoiser = GuidedDenoiser(self.network, self.network.encode_text([caption]), null_text, s.video_cfg,
+                                  s.audio_cfg, cache=self.new_cache(), null_cache=null_cache)
+        video_latent, audio_latent = self._latent_shapes()
+        times = BlockTimes.of(s.video_times, s.audio_times, video=video_latent is not None,
+                              audio=audio_latent is not None)
+        step_size = None if s.step_size is None else torch.full((1,), float(s.step_size), device=self.device)
+        return BlockGenerator(denoiser, times, video_latent, audio_latent, step_size=step_size,
+                              context_time=s.context_time, step=self.block_step())
+
+    @staticmethod
+    def _switch_prompt(sampler: BlockGenerator, text: TextContext) -> None:
+        """Rebind the conditional cache to ``text``: later blocks use it, the committed history stays."""
+        old = sampler.denoiser
+        old.cond.cache.set_text(text)
+        sampler.denoiser = GuidedDenoiser(
+            old.network, text, None if old.uncond is None else old.uncond.text, old.video_scale, old.audio_scale,
+            cache=old.cond.cache, null_cache=None if old.uncond is None else old.uncond.cache)
+
+    def stream(self, prompt: Prompt, seconds: int | None = None, seed: int = 0) -> Iterator[StreamedBlock]:
         """Yield decoded macro-blocks of a stream for ``prompt``; the first is the prefix block.
 
         Args:
-            prompt: the caption.
+            prompt: the caption, or a callable of the block index giving it (prompt switching at block
+                boundaries, module docstring).
             seconds: whole seconds after the lead frame (``None``: until the caller stops iterating).
             seed: noise seed (the same seed gives the same stream).
         """
@@ -238,7 +284,7 @@ class StreamingGenerator:
                                 media_seconds, block.generate_ms, decode_ms, time.perf_counter() - start,
                                 block.cache_bytes, block.cache_tokens)
 
-    def generate_latents(self, prompt: str, seconds: int, seed: int = 0) -> AVLatents:
+    def generate_latents(self, prompt: Prompt, seconds: int, seed: int = 0) -> AVLatents:
         """The whole stream's clean latents, concatenated (``(1, Tv, C, h, w)`` / ``(1, Ta, C)``)."""
         blocks = [b.latents for b in self.latent_blocks(prompt, seconds, seed)]
 

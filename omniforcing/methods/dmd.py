@@ -9,7 +9,8 @@ bidirectional teacher never saw mixed times):
     L_G = Σ_m w_m · ½ · mean((x_m - sg(x_m - Δ_m))²)             (gradient w.r.t. x_m: w_m Δ_m / N_m)
 
 The critic is trained with the ordinary flow-matching (velocity) loss on generated samples (§3.2), and the
-generator's inputs come from its own few-step chain (*backward simulation*, §3.3). Scores are samplers'
+generator's inputs come from its own few-step chain (*backward simulation*, §3.3:
+:func:`omniforcing.sampling.few_step.sample_few_step` with an ``exit_step``). Scores are samplers'
 denoisers (``denoiser(x, t) -> velocity``, :mod:`omniforcing.diffusion.samplers`), so the losses can be tested
 on analytic toys and used with any backbone; :meth:`DistributionMatching.real_score` and
 :meth:`DistributionMatching.fake_score` bind a backbone (always called bidirectionally).
@@ -17,16 +18,14 @@ on analytic toys and used with any backbone; :meth:`DistributionMatching.real_sc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
 from omniforcing.diffusion.flow import add_noise, velocity_target, x0_from_velocity
-from omniforcing.diffusion.samplers import Denoiser, fresh_noise
+from omniforcing.diffusion.samplers import Denoiser
 from omniforcing.diffusion.time_samplers import TimeSampler, UniformTimeSampler
-from omniforcing.inference.denoise import GuidedDenoiser
 from omniforcing.models.text import TextContext
+from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.types import AVLatents
 
 
@@ -55,37 +54,6 @@ def surrogate_loss(x: Tensor, direction: Tensor) -> Tensor:
 def x0_prediction(score: Denoiser, xt: AVLatents, t: Tensor) -> AVLatents:
     """Clean estimate ``x_t - t v(x_t, t)`` of a velocity denoiser (``t`` per clip, ``(B,)``)."""
     return xt.zip_map(score(xt, t), lambda xm, vm: x0_from_velocity(xm, vm, t))
-
-
-def backward_simulation(denoiser: Denoiser, noise: AVLatents, times: Sequence[float], exit_step: int,
-                        generator: torch.Generator | None = None) -> AVLatents:
-    """The generator's own few-step chain from noise, stopped at ``exit_step`` (DMD2 backward simulation, §3.3).
-
-    Steps ``0 .. exit_step - 1`` run under ``no_grad`` (predict ``x0``, re-noise with fresh noise to the next
-    time, as :func:`omniforcing.diffusion.samplers.sample_few_step`); step ``exit_step`` runs in the caller's
-    grad mode and its ``x0`` is returned, so the generator is trained on inputs it produces itself.
-
-    Args:
-        denoiser: the generator as a velocity denoiser.
-        noise: pure noise at ``times[0]``.
-        times: the few-step times, decreasing, all ``> 0``.
-        exit_step: index of the step whose output is returned.
-        generator: source of the re-noising noise.
-    """
-    if not 0 <= exit_step < len(times):
-        raise ValueError(f"exit_step {exit_step} outside the {len(times)} few-step times")
-    x = noise
-    batch = noise.batch_size
-    device = noise.items()[0][1].device
-    for k in range(exit_step + 1):
-        t = torch.full((batch,), float(times[k]), device=device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and k == exit_step):
-            x0 = x0_prediction(denoiser, x, t)
-        if k == exit_step:
-            return x0
-        t_next = torch.full((batch,), float(times[k + 1]), device=device)
-        x = x0.map(lambda m: add_noise(m.detach(), fresh_noise(m, generator), t_next))
-    raise AssertionError("unreachable")
 
 
 def _weighted(terms: dict[str, Tensor], weights: dict[str, float], prefix: str) -> dict[str, Tensor]:

@@ -29,7 +29,7 @@ the reading of ALGORITHMS.md §7.3. Everything below marked OURS is a design cho
 
 Gradient flows only through the target block's forwards; the history is produced without autograd and the
 cache stores detached keys/values, so nothing flows into the past. The samplers, caches and mode values are in
-:mod:`omniforcing.inference.dual_mode` (shared with generation); this module holds the losses.
+:mod:`omniforcing.sampling.dual_mode` (shared with generation); this module holds the losses.
 """
 
 from __future__ import annotations
@@ -41,21 +41,17 @@ import torch
 from torch import Tensor, nn
 
 from omniforcing.diffusion.flow import add_noise, velocity_target, x0_from_velocity
-from omniforcing.diffusion.samplers import fresh_noise, sample_euler
+from omniforcing.diffusion.samplers import Denoiser, fresh_noise, sample_euler
 from omniforcing.diffusion.schedules import euler_schedule
 from omniforcing.diffusion.time_samplers import LogitNormalTimeSampler, TimeSampler
-from omniforcing.inference.dual_mode import (
-    BranchCache,
-    DualModes,
-    HistoryCaches,
-    cached_velocity,
-    few_step_block,
-    latents_device,
-    new_history_caches,
-)
 from omniforcing.methods.dmd import normalised_direction, surrogate_loss
 from omniforcing.methods.flow_matching import condition_drop_mask, weighted_mse
 from omniforcing.models.layout import BlockLayout
+from omniforcing.sampling.blocks import commit_block, denoise_block
+from omniforcing.sampling.dual_mode import DualModes, HistoryCaches, latents_device, new_history_caches
+from omniforcing.sampling.few_step import draw_renoise
+from omniforcing.sampling.guidance import Branch, clip_time
+from omniforcing.sampling.schedule import BlockTimes
 from omniforcing.types import AVLatents
 
 Distillation = Literal["trajectory", "dmd"]
@@ -243,27 +239,36 @@ class MutualForcing:
     def roll_out_history(self, caches: HistoryCaches, x0: AVLatents, layout: BlockLayout, count: int,
                          teacher_forced: bool, modes: DualModes, generator: torch.Generator | None) -> list[AVLatents]:
         """Blocks ``0 .. count - 1`` by the few-step mode (or the real clip), each committed to every cache."""
+        blocks = caches.generator(modes, video=x0.video is not None, audio=x0.audio is not None,
+                                  dtype=x0.items()[0][1].dtype)
         history = []
         for block in range(count):
-            real = block_latents(x0, layout, block)
             if teacher_forced:
-                clean = real
+                clean = block_latents(x0, layout, block)
+                commit_block(caches.branches, block, clean, context_time=modes.context_time,
+                             context_noise=blocks.context_noise(clean, generator), step_size=blocks.step_size)
             else:
-                noise = real.map(lambda m: fresh_noise(m, generator))
-                clean = few_step_block(caches, block, noise, modes, generator)
-            caches.commit(block, clean, modes, generator)
+                clean = blocks(block, generator)
             history.append(clean)
         return history
 
-    def flow_matching_loss(self, cond: BranchCache, target: AVLatents, block: int, modes: DualModes,
+    def flow_matching_loss(self, cond: Branch, target: AVLatents, block: int, modes: DualModes,
                            generator: torch.Generator | None) -> dict[str, Tensor]:
         """Multi-step mode on the real block against the self-generated history (§2.1 objective)."""
         t = self.time_sampler((target.batch_size,), generator=generator).to(latents_device(target))
         eps = target.map(lambda m: fresh_noise(m, generator))
         xt = target.zip_map(eps, lambda m, e: add_noise(m, e, t))
         step = modes.step_size("multi_step", target.batch_size, latents_device(target))
-        v = cached_velocity(cond.network, xt, t, cond.text, cond.cache, block, step)
+        v = cond.velocity(xt, clip_time(t, xt), block=block, step_size=step)
         return weighted_mse(v, target.zip_map(eps, velocity_target), self.video_weight, self.audio_weight)
+
+    @staticmethod
+    def multi_step_velocity(caches: HistoryCaches, modes: DualModes, block: int, batch: int,
+                            device: torch.device) -> Denoiser:
+        """``denoiser(x, t)`` of the multi-step mode (with CFG when configured) for ``block``."""
+        denoiser = caches.multi_step_denoiser(modes)
+        step = modes.step_size("multi_step", batch, device)
+        return lambda x, t: denoiser.velocity(x, clip_time(t, x), block=block, step_size=step)
 
     def distillation_losses(self, caches: HistoryCaches, target: AVLatents, block: int, time: float,
                             modes: DualModes, generator: torch.Generator | None) -> dict[str, Tensor]:
@@ -272,14 +277,13 @@ class MutualForcing:
         t = torch.full((batch,), time, device=device)
         x_t = self.distill_input_latents(caches, target, block, time, modes, generator)
         cond = caches.cond
-        v = cached_velocity(cond.network, x_t, t, cond.text, cond.cache, block,
-                            modes.step_size("few_step", batch, device))
+        v = cond.velocity(x_t, clip_time(t, x_t), block=block, step_size=modes.step_size("few_step", batch, device))
         x0_few = x_t.zip_map(v, lambda xm, vm: x0_from_velocity(xm, vm, t))
         if self.distillation == "dmd":
             return self.dmd_losses(caches, x0_few, block, modes, generator)
         with torch.no_grad():
             schedule = time * euler_schedule(self.teacher_steps)
-            x0_multi = sample_euler(caches.multi_step_denoiser(modes, block), x_t, schedule)
+            x0_multi = sample_euler(self.multi_step_velocity(caches, modes, block, batch, device), x_t, schedule)
         return _prefixed("distill", weighted_mse(x0_few, x0_multi, self.video_weight, self.audio_weight))
 
     @torch.no_grad()
@@ -293,7 +297,10 @@ class MutualForcing:
         earlier = tuple(s for s in modes.few_step_times if s > time)
         if not earlier:
             return noise
-        estimate = few_step_block(caches, block, noise, modes, generator, earlier)
+        times = BlockTimes.of(earlier, video=noise.video is not None, audio=noise.audio is not None)
+        renoise = draw_renoise(noise, times, generator)
+        estimate = denoise_block(caches.few_step_denoiser(), block, noise, renoise, times,
+                                 step_size=modes.step_size("few_step", target.batch_size, latents_device(target)))
         return estimate.map(lambda m: add_noise(m, fresh_noise(m, generator), t))
 
     def dmd_losses(self, caches: HistoryCaches, x_hat: AVLatents, block: int, modes: DualModes,
@@ -312,8 +319,8 @@ class MutualForcing:
         clean = x_hat.detach()
         with torch.no_grad():
             x_t, _, t = noised(clean)
-            real_v = caches.multi_step_denoiser(modes, block)(x_t, t)
-            fake_v = cached_velocity(critic.network, x_t, t, critic.text, critic.cache, block, step)
+            real_v = self.multi_step_velocity(caches, modes, block, batch, device)(x_t, t)
+            fake_v = critic.velocity(x_t, clip_time(t, x_t), block=block, step_size=step)
             real_x0 = x_t.zip_map(real_v, lambda xm, vm: x0_from_velocity(xm, vm, t))
             fake_x0 = x_t.zip_map(fake_v, lambda xm, vm: x0_from_velocity(xm, vm, t))
         losses: dict[str, Tensor] = {}
@@ -324,7 +331,7 @@ class MutualForcing:
             total = term if total is None else total + term
         losses["loss_distill"] = total
         x_t, eps, t = noised(clean)
-        critic_v = cached_velocity(critic.network, x_t, t, critic.text, critic.cache, block, step)
+        critic_v = critic.velocity(x_t, clip_time(t, x_t), block=block, step_size=step)
         critic_losses = weighted_mse(critic_v, clean.zip_map(eps, velocity_target), self.video_weight,
                                      self.audio_weight)
         return {**losses, **_prefixed("critic", critic_losses)}

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from omniforcing.diffusion.flow import x0_from_velocity
 from omniforcing.diffusion.samplers import Denoiser, sample_euler
 from omniforcing.diffusion.schedules import euler_schedule
-from omniforcing.inference.denoise import GuidedDenoiser
-from omniforcing.methods.self_forcing import check_times
+from omniforcing.sampling.guidance import GuidedDenoiser
+from omniforcing.sampling.schedule import check_times
 from omniforcing.models.layout import BlockLayout
 from omniforcing.types import AVLatents
 
@@ -50,7 +50,7 @@ def student_grid(steps: int, shift: float, student_times: Sequence[float]) -> tu
     Raises:
         ValueError: two student times would share a grid point (use more steps).
     """
-    times = check_times(student_times)
+    times = list(check_times(student_times, "student times"))
     grid = euler_schedule(steps, shift).clone()
     indices: list[int] = []
     for t in times:

@@ -7,8 +7,8 @@ on all ranks by the caller) decides where the chain stops: steps before ``s`` ru
 runs with gradient (activation-checkpointed with the cache snapshotted and restored, so the recompute in
 backward sees the history the forward saw) and its ``x0`` is the block's output. The cache stores detached
 keys/values, so no gradient flows into the past: each block's parameters receive gradient only through its
-exit forward ("stochastic gradient truncation"). The loop itself is :mod:`omniforcing.inference.rollout`,
-the same primitives streaming inference and Mutual Forcing use.
+exit forward ("stochastic gradient truncation"). The loop itself is the cached block generator of
+:mod:`omniforcing.sampling.blocks`, the one streaming inference and Mutual Forcing use.
 
 OmniForcing Stage III applies DMD to the whole rollout (:mod:`omniforcing.methods.dmd`): the bidirectional
 teacher and critic see the full generated clip at one flow time.
@@ -21,21 +21,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from omniforcing.inference.rollout import block_noise, block_shape, commit_block, denoise_block
 from omniforcing.models.layout import BlockLayout
 from omniforcing.models.text import TextContext
+from omniforcing.sampling.blocks import BlockGenerator
+from omniforcing.sampling.guidance import GuidedDenoiser
+from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES, BlockTimes, check_times
 from omniforcing.types import AVLatents
-
-DEFAULT_TIMES = (1.0, 0.75, 0.5, 0.25)
-"""Default few-step times of the students (4 steps, uniform; no shift warp)."""
-
-
-def check_times(times: Sequence[float]) -> list[float]:
-    """Few-step times as floats; raises unless they are non-empty, strictly decreasing and in ``(0, 1]``."""
-    values = [float(t) for t in times]
-    if not values or any(not 0.0 < t <= 1.0 for t in values) or any(a <= b for a, b in zip(values, values[1:])):
-        raise ValueError(f"few-step times must be strictly decreasing values in (0, 1], got {values}")
-    return values
 
 
 def blocks_for_seconds(network: nn.Module, seconds: int) -> int:
@@ -51,7 +42,7 @@ def rollout(network: nn.Module, text: TextContext, num_blocks: int, times: Seque
             video_latent: tuple[int, ...] | None, audio_latent: tuple[int, ...] | None,
             exit_step: int | None = None, context_time: float = 0.0, checkpoint_exit: bool = True,
             window_seconds: float | None = None, generator: torch.Generator | None = None,
-            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> AVLatents:
+            dtype: torch.dtype = torch.float32) -> AVLatents:
     """Generate ``num_blocks`` macro-blocks autoregressively with a fresh KV cache.
 
     Args:
@@ -67,20 +58,19 @@ def rollout(network: nn.Module, text: TextContext, num_blocks: int, times: Seque
         checkpoint_exit: activation-checkpoint the exit forward (cache snapshotted and restored).
         window_seconds: rolling cache window for long streams (``None`` = keep everything, as in training).
         generator: source of the block noise, the re-noising and the context noise.
-        device: where the latents live.
-        dtype: latent dtype.
+        dtype: latent dtype (the latents live on the network's device).
 
     Returns:
         Clean latents of the whole rollout: video ``(B, Tv, C, h, w)``, audio ``(B, Ta, C)``.
     """
-    batch = text.batch_size
-    cache = network.new_cache(batch, window_seconds=window_seconds)
+    cache = network.new_cache(text.batch_size, window_seconds=window_seconds)
+    blocks = BlockGenerator(GuidedDenoiser(network, text, cache=cache),
+                            BlockTimes.of(times, video=video_latent is not None, audio=audio_latent is not None),
+                            video_latent, audio_latent, context_time=context_time, exit_step=exit_step,
+                            checkpoint_exit=checkpoint_exit, dtype=dtype)
     videos, audios = [], []
     for block in range(num_blocks):
-        noise = block_noise(block_shape(network, block, video_latent, audio_latent), batch, generator, device, dtype)
-        x0 = denoise_block(network, text, cache, block, noise, times, generator=generator, grad_step=exit_step,
-                           checkpoint_grad_step=checkpoint_exit)
-        commit_block(network, text, cache, block, x0, context_time=context_time, generator=generator)
+        x0 = blocks(block, generator)
         videos.append(x0.video)
         audios.append(x0.audio)
     return AVLatents(_cat(videos), _cat(audios))
@@ -98,7 +88,7 @@ class SelfForcing:
 
     def __init__(self, times: list[float] | None = None, context_time: float = 0.0, rollout_blocks: int | None = None,
                  checkpoint_exit: bool = True) -> None:
-        self.times = check_times(DEFAULT_TIMES if times is None else times)
+        self.times = list(check_times(DEFAULT_FEW_STEP_TIMES if times is None else times))
         if not 0.0 <= context_time < 1.0:
             raise ValueError(f"context_time must lie in [0, 1), got {context_time}")
         if rollout_blocks is not None and rollout_blocks < 1:
@@ -113,8 +103,8 @@ class SelfForcing:
 
     def rollout(self, network: nn.Module, text: TextContext, num_blocks: int, exit_step: int | None, *,
                 video_latent: tuple[int, ...] | None, audio_latent: tuple[int, ...] | None,
-                generator: torch.Generator | None, device: torch.device | str = "cpu") -> AVLatents:
+                generator: torch.Generator | None) -> AVLatents:
         """One training rollout (see :func:`rollout`); gradient only through each block's exit forward."""
         return rollout(network, text, num_blocks, self.times, video_latent=video_latent, audio_latent=audio_latent,
                        exit_step=exit_step, context_time=self.context_time, checkpoint_exit=self.checkpoint_exit,
-                       generator=generator, device=device)
+                       generator=generator)

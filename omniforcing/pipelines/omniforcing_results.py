@@ -32,14 +32,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from omniforcing.bench.report import Report, Table
 from omniforcing.data.synthetic import SceneSettings, synthesize_clip
-from omniforcing.diffusion.samplers import sample_few_step
 from omniforcing.inference.clips import GeneratedClips, decode_latents, latent_noise
-from omniforcing.inference.denoise import GuidedDenoiser
 from omniforcing.inference.export import load_model
 from omniforcing.inference.generation import generate_teacher_clips, method_arg
 from omniforcing.inference.streaming import StreamingGenerator, generate_streaming_clips
 from omniforcing.inference.stream_settings import settings_from_config
 from omniforcing.metrics import MetricSuite
+from omniforcing.sampling.few_step import sample_few_step
+from omniforcing.sampling.guidance import GuidedDenoiser
+from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES
 from omniforcing.types import AVBatch, ClipSpec
 
 SCENE = SceneSettings(min_objects=1, max_objects=1, fixed_size=True, background_sound=False)
@@ -64,7 +65,7 @@ def reference_batches(clip: ClipSpec, count: int, batch_size: int = 8) -> tuple[
 def few_step_clips(path: str) -> Generate:
     """Whole-clip few-step generation of a bidirectional Stage I generator (its recorded times)."""
     network, codec, config = load_model(path)
-    times = method_arg(config, "times", [1.0, 0.75, 0.5, 0.25])
+    times = method_arg(config, "times", list(DEFAULT_FEW_STEP_TIMES))
 
     @torch.no_grad()
     def generate(captions: list[str], seconds: int, seed: int) -> GeneratedClips:

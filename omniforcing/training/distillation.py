@@ -32,7 +32,7 @@ from omniforcing.codecs.base import AVCodec
 from omniforcing.inference.export import load_model
 from omniforcing.methods.dmd import DistributionMatching
 from omniforcing.methods.flow_matching import Modality
-from omniforcing.methods.self_forcing import DEFAULT_TIMES, check_times
+from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES, check_times
 from omniforcing.training.base import AVLitModule, default_optimizer
 from omniforcing.types import AVBatch, AVLatents, ClipSpec
 
@@ -126,7 +126,7 @@ class DistillationLitModule(AVLitModule):
         self.critic_optimizer_factory = critic_optimizer
         self.ratio = critic_steps_per_generator_step
         self.generator_clip, self.critic_clip = generator_clip, critic_clip
-        self.times = check_times(DEFAULT_TIMES if times is None else times)
+        self.times = list(check_times(DEFAULT_FEW_STEP_TIMES if times is None else times))
         self.automatic_optimization = False
         self.register_buffer("distill_batches", torch.zeros((), dtype=torch.long))
 

@@ -14,11 +14,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from omniforcing.codecs.base import AVCodec
-from omniforcing.diffusion.samplers import sample_few_step
 from omniforcing.inference.clips import GeneratedClips, decode_latents, latent_noise
-from omniforcing.inference.denoise import GuidedDenoiser
-from omniforcing.methods.dmd import DistributionMatching, backward_simulation
+from omniforcing.methods.dmd import DistributionMatching
 from omniforcing.methods.flow_matching import Modality
+from omniforcing.sampling.few_step import sample_few_step
+from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.training.base import default_optimizer
 from omniforcing.training.distillation import DistillationLitModule, copy_weights
 from omniforcing.types import AVLatents, ClipSpec
@@ -69,7 +69,7 @@ class DMDLitModule(DistillationLitModule):
         """Backward simulation: the generator's own chain from noise, gradient through step ``exit_step``."""
         denoiser = GuidedDenoiser(self.network, self.network.encode_text(captions), causal=False)
         noise = self._noise(len(captions), self.clip.seconds, generator)
-        return backward_simulation(denoiser, noise, self.times, exit_step, generator)
+        return sample_few_step(denoiser, noise, self.times, generator, exit_step)
 
     @torch.no_grad()
     def generate_clips(self, captions: list[str], seconds: int, seed: int = 0) -> GeneratedClips:

@@ -23,7 +23,7 @@ from omniforcing.data.shards import resolve_shards
 from omniforcing.inference.clips import GeneratedClips
 from omniforcing.methods.flow_matching import Modality, select_modality
 from omniforcing.methods.ode_regression import ODERegression
-from omniforcing.methods.self_forcing import DEFAULT_TIMES, check_times
+from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES, check_times
 from omniforcing.training.base import AVLitModule, default_optimizer
 from omniforcing.training.self_forcing import stream_clips
 from omniforcing.types import ClipSpec
@@ -57,7 +57,7 @@ class ODERegressionLitModule(AVLitModule):
         if not network.causal:
             raise ValueError("Stage II trains a causal student: set network.init_args.causal: true")
         self.objective = objective or ODERegression()
-        self.times = check_times(DEFAULT_TIMES if times is None else times)
+        self.times = list(check_times(DEFAULT_FEW_STEP_TIMES if times is None else times))
         self.context_time = context_time
 
     def check_pairs(self, batch: ODEPairBatch) -> None:

@@ -74,7 +74,7 @@ class SelfForcingLitModule(DistillationLitModule):
         text = self.network.encode_text(captions)
         blocks = self.self_forcing.num_blocks(self.network, self.clip.seconds)
         return self.self_forcing.rollout(self.network, text, blocks, exit_step, video_latent=video,
-                                         audio_latent=audio, generator=generator, device=self.device)
+                                         audio_latent=audio, generator=generator)
 
     @torch.no_grad()
     def generate_clips(self, captions: list[str], seconds: int, seed: int = 0) -> GeneratedClips:
@@ -94,6 +94,5 @@ def stream_clips(module: DistillationLitModule | nn.Module, captions: list[str],
     network = module.network
     text = network.encode_text(captions)
     latents = rollout(network, text, blocks_for_seconds(network, seconds), module.times, video_latent=video,
-                      audio_latent=audio, context_time=module.context_time, generator=generator,
-                      device=module.device)
+                      audio_latent=audio, context_time=module.context_time, generator=generator)
     return decode_latents(module.codec, latents, captions)

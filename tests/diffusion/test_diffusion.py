@@ -16,7 +16,6 @@ from omniforcing.diffusion import (
     euler_schedule,
     expand_time,
     sample_euler,
-    sample_few_step,
     shift_time,
     velocity_from_x0,
     velocity_target,
@@ -114,34 +113,6 @@ def test_euler_sampler_recovers_a_known_gaussian():
     assert float(out.video.std()) == pytest.approx(s_v, abs=0.03)
     assert float(out.audio.mean()) == pytest.approx(mu_a, abs=0.05)
     assert float(out.audio.std()) == pytest.approx(s_a, abs=0.05)
-
-
-def test_few_step_sampler_renoises_with_fresh_noise_on_the_given_grid():
-    target = AVLatents(torch.full((2, 3, 4), 0.5), torch.full((2, 5, 2), -1.0))
-    seen: list[tuple[float, AVLatents]] = []
-
-    def denoiser(x: AVLatents, t: torch.Tensor) -> AVLatents:
-        seen.append((float(t[0]), x))
-        # velocity whose x0 prediction is exactly `target`: v = (x - x0) / t
-        return x.zip_map(target, lambda xm, x0: (xm - x0) / t.view(-1, 1, 1))
-
-    ts = [1.0, 0.75, 0.5, 0.25]
-    noise = AVLatents(torch.randn(2, 3, 4), torch.randn(2, 5, 2))
-    out = sample_few_step(denoiser, noise, ts, generator=torch.Generator().manual_seed(7))
-    torch.testing.assert_close(out.video, target.video)
-    torch.testing.assert_close(out.audio, target.audio)
-    assert [t for t, _ in seen] == ts
-    # the input of step k+1 is the target re-noised to t_{k+1} with noise from the same generator stream
-    g = torch.Generator().manual_seed(7)
-    for (t_next, x_next) in seen[1:]:
-        eps_v, eps_a = fresh_noise(target.video, g), fresh_noise(target.audio, g)
-        torch.testing.assert_close(x_next.video, (1 - t_next) * target.video + t_next * eps_v)
-        torch.testing.assert_close(x_next.audio, (1 - t_next) * target.audio + t_next * eps_a)
-
-
-def test_few_step_rejects_zero_time():
-    with pytest.raises(ValueError, match="> 0"):
-        sample_few_step(lambda x, t: x, AVLatents(torch.zeros(1, 1)), [1.0, 0.0])
 
 
 def test_av_latents_zip_map_checks_modalities():

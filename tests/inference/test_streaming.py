@@ -9,9 +9,13 @@ import torch
 from conftest import patch_linear_codec, patch_mel_codec
 
 from omniforcing.inference.clips import to_uint8_video
-from omniforcing.inference.rollout import BlockGuidance, block_noise, block_shape, commit_block, denoise_block
 from omniforcing.inference.stream_settings import StreamingSettings
 from omniforcing.inference.streaming import StreamingGenerator, generate_streaming_clips, prefetch
+from omniforcing.diffusion.samplers import fresh_noise
+from omniforcing.sampling.blocks import block_noise, block_shape, commit_block, denoise_block
+from omniforcing.sampling.few_step import draw_renoise
+from omniforcing.sampling.guidance import GuidedDenoiser
+from omniforcing.sampling.schedule import BlockTimes
 from omniforcing.types import AVLatents
 
 PROMPT = "a red ball bounces"
@@ -19,26 +23,26 @@ PROMPT = "a red ball bounces"
 
 @torch.no_grad()
 def plain_loop(network, codec, settings: StreamingSettings, seconds: int, seed: int) -> AVLatents:
-    """The reference: a plain loop over the rollout primitives with one cache per guidance branch."""
+    """The reference: a plain loop over the sampling primitives with one cache per guidance branch."""
     generator = torch.Generator().manual_seed(seed)
-    text = network.encode_text([PROMPT])
-    cache = network.new_cache(1, window_seconds=settings.window_seconds)
-    guidance = None
+    null_text = null_cache = None
     if settings.guided:
-        guidance = BlockGuidance(network.encode_text([PROMPT], drop=torch.ones(1, dtype=torch.bool)),
-                                 network.new_cache(1, window_seconds=settings.window_seconds),
-                                 settings.video_cfg, settings.audio_cfg)
+        null_text = network.encode_text([PROMPT], drop=torch.ones(1, dtype=torch.bool))
+        null_cache = network.new_cache(1, window_seconds=settings.window_seconds)
+    denoiser = GuidedDenoiser(network, network.encode_text([PROMPT]), null_text, settings.video_cfg,
+                              settings.audio_cfg, cache=network.new_cache(1, window_seconds=settings.window_seconds),
+                              null_cache=null_cache)
+    times = BlockTimes.of(settings.video_times, settings.audio_times)
     step_size = None if settings.step_size is None else torch.full((1,), settings.step_size)
     video_latent = (codec.video.latent_channels, *codec.video.latent_size)
     blocks = []
     for block in range(1 + seconds if network.prefix == "v1" else seconds):
         noise = block_noise(block_shape(network, block, video_latent, (codec.audio.latent_channels,)), 1,
                             generator, torch.device("cpu"))
-        x0 = denoise_block(network, text, cache, block, noise, list(settings.video_times), step_size=step_size,
-                           generator=generator, guidance=guidance,
-                           audio_times=None if settings.audio_times is None else list(settings.audio_times))
-        commit_block(network, text, cache, block, x0, context_time=settings.context_time, step_size=step_size,
-                     generator=generator, guidance=guidance)
+        x0 = denoise_block(denoiser, block, noise, draw_renoise(noise, times, generator), times, step_size=step_size)
+        context = noise.map(lambda m: fresh_noise(m, generator)) if settings.context_time > 0 else None
+        commit_block(denoiser.branches, block, x0, context_time=settings.context_time, context_noise=context,
+                     step_size=step_size)
         blocks.append(x0)
     return AVLatents(torch.cat([b.video for b in blocks], 1), torch.cat([b.audio for b in blocks], 1))
 
@@ -98,18 +102,19 @@ def test_two_minute_stream_runs_in_bounded_memory(make_student):
         frames += block.video.shape[0]
         samples += block.audio.shape[0]
     assert len(sizes) == 121 and frames == 1 + 24 * 120 and samples == 40 * (1 + 25 * 120)
-    # block 0 (prefix + sinks) and the last 3 blocks stay: constant from block 3 on
+    # block 0 (prefix + sinks) and the last 3 blocks stay: constant from block 3 on (the ring buffers are
+    # preallocated, so their bytes may reach that bound earlier)
     assert len(set(sizes[3:])) == 1 and len(set(tokens[3:])) == 1
-    assert sizes[3] > sizes[2] > sizes[0]
+    assert tokens[3] > tokens[2] > tokens[0] and max(sizes) == sizes[-1]
     assert tokens[-1] == (4 * (1 + 3 * 3), 2 + 1 + 25 * 3)  # 2x2 grid tokens per latent; sinks + lead audio
 
 
 def test_cache_without_window_grows(make_student):
     codec = patch_linear_codec()
     settings = StreamingSettings(video_times=(1.0,), window_seconds=None, decode=False)
-    sizes = [b.cache_bytes for b in StreamingGenerator(make_student(codec, depth=1), codec, settings)
-             .stream(PROMPT, seconds=5)]
-    assert all(b > a for a, b in zip(sizes, sizes[1:]))
+    blocks = list(StreamingGenerator(make_student(codec, depth=1), codec, settings).stream(PROMPT, seconds=5))
+    tokens = [b.cache_tokens for b in blocks]
+    assert all(b[0] > a[0] and b[1] > a[1] for a, b in zip(tokens, tokens[1:]))
 
 
 def test_decode_false_yields_latents_only(make_student):

@@ -5,16 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omniforcing.diffusion.samplers import sample_few_step
 from omniforcing.diffusion.time_samplers import UniformTimeSampler
-from omniforcing.methods.dmd import (
-    DistributionMatching,
-    backward_simulation,
-    normalised_direction,
-    surrogate_loss,
-)
+from omniforcing.methods.dmd import DistributionMatching, normalised_direction, surrogate_loss
 from omniforcing.methods.flow_matching import FlowMatching
 from omniforcing.models.transformer import DualStreamTransformer
+from omniforcing.sampling.few_step import sample_few_step
 from omniforcing.types import AVLatents
 
 TINY = dict(video_channels=4, video_grid=(2, 2), audio_channels=3, video_width=16, audio_width=16, depth=1,
@@ -123,8 +118,8 @@ def test_generator_loss_leaves_teacher_and_critic_without_gradients():
     gen = torch.Generator().manual_seed(0)
     noise = AVLatents(torch.randn(1, 4, 4, 2, 2, generator=gen), torch.randn(1, 26, 3, generator=gen))
     objective = DistributionMatching(video_cfg=3.0, audio_cfg=5.0)
-    x = backward_simulation(objective.fake_score(student, student.encode_text(captions)), noise,
-                            [1.0, 0.75, 0.5, 0.25], 2, gen)
+    x = sample_few_step(objective.fake_score(student, student.encode_text(captions)), noise,
+                        [1.0, 0.75, 0.5, 0.25], gen, exit_step=2)
     null = teacher.encode_text(captions, drop=torch.ones(1, dtype=torch.bool))
     losses = objective.generator_loss(x, objective.real_score(teacher, teacher.encode_text(captions), null),
                                       objective.fake_score(critic, critic.encode_text(captions)), gen)
@@ -132,25 +127,3 @@ def test_generator_loss_leaves_teacher_and_critic_without_gradients():
     assert all(p.grad is None for p in teacher.parameters()) and all(p.grad is None for p in critic.parameters())
     assert sum(p.grad.abs().sum() for p in student.parameters() if p.grad is not None) > 0
     assert {"dmd_direction_video", "dmd_direction_audio", "dmd_time"} <= set(losses)
-
-
-def test_backward_simulation_keeps_gradient_of_the_exit_step_only():
-    student = perturbed_model()
-    text = student.encode_text(["ping"])
-    score = DistributionMatching.fake_score(student, text)
-    calls: list[bool] = []
-
-    def counting(x: AVLatents, t: torch.Tensor) -> AVLatents:
-        calls.append(torch.is_grad_enabled())
-        return score(x, t)
-
-    noise = AVLatents(torch.randn(1, 4, 4, 2, 2), torch.randn(1, 26, 3))
-    out = backward_simulation(counting, noise, [1.0, 0.75, 0.5, 0.25], 2, torch.Generator().manual_seed(0))
-    assert calls == [False, False, True] and out.video.requires_grad
-    with torch.no_grad():  # exiting at the last step is the few-step sampler itself
-        full = backward_simulation(score, noise, [1.0, 0.5], 1, torch.Generator().manual_seed(4))
-        reference = sample_few_step(score, noise, [1.0, 0.5], torch.Generator().manual_seed(4))
-    torch.testing.assert_close(full.video, reference.video)
-    torch.testing.assert_close(full.audio, reference.audio)
-    with pytest.raises(ValueError, match="exit_step 4 outside"):
-        backward_simulation(score, noise, [1.0, 0.5, 0.25, 0.1], 4)

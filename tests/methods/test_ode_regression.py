@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from omniforcing.diffusion.samplers import sample_euler
-from omniforcing.inference.denoise import GuidedDenoiser
+from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.methods.ode_regression import (
     ODERegression,
     block_levels,

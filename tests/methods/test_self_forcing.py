@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omniforcing.methods.self_forcing import SelfForcing, blocks_for_seconds, check_times, rollout
+from omniforcing.methods.self_forcing import SelfForcing, blocks_for_seconds, rollout
+from omniforcing.sampling.schedule import check_times
 from omniforcing.models.transformer import DualStreamTransformer
 
 from test_dmd import TINY

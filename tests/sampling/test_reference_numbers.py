@@ -2,9 +2,10 @@
 
 The recorded values below were produced by commit 294d32c (before ``omniforcing/sampling`` existed, when
 Self-Forcing, Mutual Forcing, dual-mode generation and streaming each had their own loop) by running these
-same scenarios through the old functions (``inference.rollout.denoise_block``/``commit_block``,
-``inference.dual_mode.stream_blocks``, ``diffusion.samplers.sample_few_step``, ``methods.dmd.backward_simulation``)
-with ``python tests/sampling/test_reference_numbers.py``. Each tensor is summarised by its sum, its absolute sum
+same scenarios through the old functions (``inference.rollout.denoise_block``/``commit_block`` behind
+``StreamingGenerator`` and ``SelfForcing.rollout``, ``inference.dual_mode.stream_blocks``,
+``diffusion.samplers.sample_few_step``, ``methods.dmd.backward_simulation`` in place of today's
+``sample_few_step(..., exit_step=1)``) with ``python tests/sampling/test_reference_numbers.py``. Each tensor is summarised by its sum, its absolute sum
 and its first three values. Equal numbers for a fixed seed mean the random draws still come in the same order.
 """
 
@@ -17,13 +18,16 @@ import torch
 
 from omniforcing.codecs import AVCodec, PatchVideoCodec
 from omniforcing.codecs.base import AudioCodec
+from omniforcing.inference.stream_settings import StreamingSettings
+from omniforcing.inference.streaming import StreamingGenerator
 from omniforcing.methods.dmd import DistributionMatching
 from omniforcing.methods.mutual_forcing import MutualForcing
-from omniforcing.methods.self_forcing import SelfForcing, blocks_for_seconds
+from omniforcing.methods.self_forcing import SelfForcing
 from omniforcing.models.transformer import DualStreamTransformer
+from omniforcing.sampling.dual_mode import DualModes, stream_blocks
+from omniforcing.sampling.few_step import sample_few_step
+from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.types import AVLatents
-
-import sampling_api as api
 
 TINY = dict(video_channels=4, video_grid=(2, 2), audio_channels=3, video_width=16, audio_width=16, depth=2,
             video_heads=2, audio_heads=2, text_width=16, text_depth=1, text_heads=2, text_max_length=16)
@@ -88,10 +92,10 @@ def mutual_forcing(distillation: str) -> dict[str, list[float]]:
     """A Mutual Forcing training loss (trajectory; or DMD with guidance, a critic, context noise, rollout input)."""
     student = network(0, causal=True, step_size_conditioning=True)
     if distillation == "trajectory":
-        objective, modes, critic = MutualForcing(teacher_steps=2, min_history_blocks=1), api.DualModes(), None
+        objective, modes, critic = MutualForcing(teacher_steps=2, min_history_blocks=1), DualModes(), None
     else:
         objective = MutualForcing(distillation="dmd", distill_input="rollout", min_history_blocks=1)
-        modes = api.DualModes(video_cfg=2.0, audio_cfg=3.0, context_time=0.2, window_seconds=2)
+        modes = DualModes(video_cfg=2.0, audio_cfg=3.0, context_time=0.2, window_seconds=2)
         critic = network(9, causal=True, step_size_conditioning=True)
     step = objective.loss(student, clip(), CAPTIONS, modes, generator=torch.Generator().manual_seed(1),
                           shared_generator=torch.Generator().manual_seed(2), critic=critic)
@@ -103,18 +107,18 @@ def streaming() -> dict[str, list[float]]:
     codec = AVCodec(PatchVideoCodec(size=4, patch_size=2), LinearAudioCodec()).eval()
     student = network(0, causal=True, step_size_conditioning=True, num_audio_sinks=2, video_channels=96,
                       audio_channels=4)
-    settings = api.StreamingSettings(video_times=(1.0, 0.6, 0.3), audio_times=(1.0, 0.5), step_size=0.25,
+    settings = StreamingSettings(video_times=(1.0, 0.6, 0.3), audio_times=(1.0, 0.5), step_size=0.25,
                                      context_time=0.1, window_seconds=2, video_cfg=2.0, audio_cfg=3.0, decode=False)
-    latents = api.StreamingGenerator(student, codec, settings).generate_latents(CAPTIONS[0], seconds=3, seed=4)
+    latents = StreamingGenerator(student, codec, settings).generate_latents(CAPTIONS[0], seconds=3, seed=4)
     return {"video": digest(latents.video), "audio": digest(latents.audio)}
 
 
 def dual_mode(mode: str) -> dict[str, list[float]]:
     """Dual-mode generation of three blocks (the multi-step mode with guidance on its own cache)."""
     student = network(0, causal=True, step_size_conditioning=True)
-    modes = api.DualModes(video_cfg=2.0, audio_cfg=3.0, context_time=0.2, window_seconds=2, multi_steps=3)
+    modes = DualModes(video_cfg=2.0, audio_cfg=3.0, context_time=0.2, window_seconds=2, multi_steps=3)
     with torch.no_grad():
-        blocks = list(api.stream_blocks(student, CAPTIONS, 3, modes, mode=mode,
+        blocks = list(stream_blocks(student, CAPTIONS, 3, modes, mode=mode,
                                         generator=torch.Generator().manual_seed(6)))
     return {"video": digest(torch.cat([b.video for b in blocks], 1)),
             "audio": digest(torch.cat([b.audio for b in blocks], 1))}
@@ -123,11 +127,11 @@ def dual_mode(mode: str) -> dict[str, list[float]]:
 def whole_clip() -> dict[str, list[float]]:
     """Whole-clip few-step sampling and DMD's backward simulation (exit step 1) of a bidirectional generator."""
     model = network(2)
-    denoiser = api.GuidedDenoiser(model, model.encode_text(CAPTIONS), causal=False)
+    denoiser = GuidedDenoiser(model, model.encode_text(CAPTIONS), causal=False)
     noise = clip(seed=3)
     with torch.no_grad():
-        sampled = api.sample_few_step(denoiser, noise, [1.0, 0.75, 0.5, 0.25], torch.Generator().manual_seed(8))
-    simulated = api.backward_simulation(denoiser, noise, [1.0, 0.75, 0.5, 0.25], 1, torch.Generator().manual_seed(8))
+        sampled = sample_few_step(denoiser, noise, [1.0, 0.75, 0.5, 0.25], torch.Generator().manual_seed(8))
+    simulated = sample_few_step(denoiser, noise, [1.0, 0.75, 0.5, 0.25], torch.Generator().manual_seed(8), exit_step=1)
     return {"sampled_video": digest(sampled.video), "sampled_audio": digest(sampled.audio),
             "simulated_video": digest(simulated.video), "simulated_audio": digest(simulated.audio)}
 

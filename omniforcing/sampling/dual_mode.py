@@ -1,0 +1,174 @@
+"""The two samplers of a Mutual Forcing model: few-step and multi-step modes of one set of weights.
+
+A Mutual Forcing backbone (``causal=True``, ``step_size_conditioning=True``) is told which mode it runs in by
+the step-size conditioning (OURS, docs/mutual_forcing.md): the multi-step mode is ``d = 0`` (a flow-matching
+velocity, integrated with many Euler steps), the few-step mode ``d = 1/K`` (x0 prediction with re-noising).
+Blocks are generated one at a time against (rolling) KV caches by the cached block generator
+(:class:`~omniforcing.sampling.blocks.BlockGenerator`); a finished block is committed always with the few-step
+value, so the cached history does not depend on the sampler that wrote it. The training objective
+(:mod:`omniforcing.methods.mutual_forcing`) uses the same caches for its history rollout and its targets;
+generation (:mod:`omniforcing.inference.dual_mode`) streams with :func:`stream_blocks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from omniforcing.sampling.blocks import BlockGenerator, EulerSteps
+from omniforcing.sampling.guidance import Branch, GuidedDenoiser
+from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES, BlockTimes, check_times
+from omniforcing.types import AVLatents
+
+Mode = Literal["few_step", "multi_step"]
+
+
+@dataclass(frozen=True)
+class DualModes:
+    """The two samplers of one weight-shared model and the streaming settings they share.
+
+    Args:
+        few_step_times: flow times of the few-step sampler (decreasing, all ``> 0``), e.g. ``(1, .75, .5, .25)``.
+        few_step_size: step-size conditioning of the few-step mode (also used for every cache commit).
+        multi_step_size: step-size conditioning of the multi-step mode (0 = flow-matching velocity).
+        multi_steps: Euler steps of the multi-step sampler when generating.
+        multi_shift: schedule shift of the multi-step sampler.
+        video_cfg: video CFG scale of the multi-step mode (generation and distillation targets; 1 = none).
+        audio_cfg: audio CFG scale of the multi-step mode.
+        context_time: flow time at which committed blocks are re-encoded (0 = clean, Self-Forcing default).
+        window_seconds: rolling KV-cache window (video keys) in whole seconds, training and generation alike.
+        audio_window_seconds: window of audio keys (``None`` = ``window_seconds``).
+    """
+
+    few_step_times: tuple[float, ...] = DEFAULT_FEW_STEP_TIMES
+    few_step_size: float = 0.25
+    multi_step_size: float = 0.0
+    multi_steps: int = 48
+    multi_shift: float = 1.0
+    video_cfg: float = 1.0
+    audio_cfg: float = 1.0
+    context_time: float = 0.0
+    window_seconds: float | None = None
+    audio_window_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        check_times(self.few_step_times, "few_step_times")
+        if self.few_step_size == self.multi_step_size:
+            raise ValueError(f"the two modes need different step sizes, both are {self.few_step_size}")
+        if self.multi_steps < 1:
+            raise ValueError(f"multi_steps must be >= 1, got {self.multi_steps}")
+        if not 0.0 <= self.context_time < 1.0:
+            raise ValueError(f"context_time must lie in [0, 1), got {self.context_time}")
+
+    @property
+    def guided(self) -> bool:
+        """Whether the multi-step mode uses classifier-free guidance (needs a second, unconditional cache)."""
+        return self.video_cfg != 1.0 or self.audio_cfg != 1.0
+
+    def step_size(self, mode: Mode, batch_size: int, device: torch.device) -> Tensor:
+        """``(B,)`` step-size conditioning of ``mode``."""
+        value = self.few_step_size if mode == "few_step" else self.multi_step_size
+        return torch.full((batch_size,), float(value), device=device)
+
+
+def latents_device(x: AVLatents) -> torch.device:
+    """Device of the present latents."""
+    return x.items()[0][1].device
+
+
+@dataclass
+class HistoryCaches:
+    """The caches one rollout keeps in step: conditional, unconditional (CFG) and the critic's (DMD)."""
+
+    cond: Branch
+    uncond: Branch | None = None
+    critic: Branch | None = None
+
+    @property
+    def branches(self) -> tuple[Branch, ...]:
+        """Every cache a block is committed to."""
+        return tuple(b for b in (self.cond, self.uncond, self.critic) if b is not None)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the conditional network."""
+        return next(self.cond.network.parameters()).device
+
+    def few_step_denoiser(self) -> GuidedDenoiser:
+        """The few-step mode's denoiser: the conditional branch, no guidance (distilled in)."""
+        return GuidedDenoiser(self.cond.network, self.cond.text, cache=self.cond.cache)
+
+    def multi_step_denoiser(self, modes: DualModes) -> GuidedDenoiser:
+        """The multi-step mode's denoiser, with CFG when configured (bind ``block``/``step_size`` per call)."""
+        return GuidedDenoiser(self.cond.network, self.cond.text, None if self.uncond is None else self.uncond.text,
+                              modes.video_cfg, modes.audio_cfg, cache=self.cond.cache,
+                              null_cache=None if self.uncond is None else self.uncond.cache)
+
+    def generator(self, modes: DualModes, times: tuple[float, ...] | None = None, *, video: bool = True,
+                  audio: bool = True, euler: EulerSteps | None = None,
+                  dtype: torch.dtype = torch.float32) -> BlockGenerator:
+        """The cached block generator of these caches: few-step mode (or ``euler``), committing to every cache.
+
+        With several caches and context noise, the context noise comes from one drawn seed (the order these
+        caches have always used, so numbers for a seed stay the same).
+        """
+        network = self.cond.network
+        branches = self.branches
+        return BlockGenerator(
+            self.few_step_denoiser() if euler is None else self.multi_step_denoiser(modes),
+            BlockTimes.of(times or modes.few_step_times, video=video, audio=audio),
+            (network.video_channels, *network.video_grid) if video else None,
+            (network.audio_channels,) if audio else None,
+            step_size=modes.step_size("few_step", self.cond.text.batch_size, self.device),
+            context_time=modes.context_time, euler=euler, commit_to=branches,
+            seeded_context=len(branches) > 1, dtype=dtype)
+
+
+def new_history_caches(network: nn.Module, captions: list[str], modes: DualModes, *, drop: Tensor | None = None,
+                       guided: bool = False, critic: nn.Module | None = None) -> HistoryCaches:
+    """Empty caches (with the modes' window) and text contexts for ``captions``.
+
+    Args:
+        network: the Mutual Forcing backbone.
+        captions: ``B`` prompts.
+        modes: sampler settings (window).
+        drop: ``(B,)`` bool, captions replaced by the null embedding (CFG dropout) in every branch but ``uncond``.
+        guided: also build the unconditional branch (null captions).
+        critic: also build a branch for this critic network (DMD distillation).
+    """
+    batch = len(captions)
+
+    def branch(net: nn.Module, text) -> Branch:
+        return Branch(net, text, net.new_cache(batch, window_seconds=modes.window_seconds,
+                                               audio_window_seconds=modes.audio_window_seconds))
+
+    uncond = None
+    if guided:
+        with torch.no_grad():
+            uncond = branch(network, network.encode_text(captions, drop=torch.ones(batch, dtype=torch.bool)))
+    return HistoryCaches(branch(network, network.encode_text(captions, drop=drop)), uncond,
+                         None if critic is None else branch(critic, critic.encode_text(captions, drop=drop)))
+
+
+@torch.no_grad()
+def stream_blocks(network: nn.Module, captions: list[str], num_blocks: int, modes: DualModes, *,
+                  video: bool = True, audio: bool = True, mode: Mode = "few_step",
+                  generator: torch.Generator | None = None, few_step_times: tuple[float, ...] | None = None,
+                  multi_steps: int | None = None) -> Iterator[AVLatents]:
+    """Generate macro-blocks ``0 .. num_blocks - 1`` one at a time against (rolling) KV caches.
+
+    Yields:
+        Clean latents of each block: video ``(B, Tv_k, C, h, w)``, audio ``(B, Ta_k, C)`` (absent modality None).
+    """
+    caches = new_history_caches(network, captions, modes, guided=mode == "multi_step" and modes.guided)
+    euler = None
+    if mode == "multi_step":
+        euler = EulerSteps(multi_steps or modes.multi_steps, modes.multi_shift,
+                           modes.step_size("multi_step", len(captions), caches.device))
+    blocks = caches.generator(modes, few_step_times, video=video, audio=audio, euler=euler)
+    for block in range(num_blocks):
+        yield blocks(block, generator)
