@@ -52,6 +52,7 @@ from omniforcing.metrics.clip_sources import (
     probe_spec,
     real_batches_with_media,
 )
+from omniforcing.metrics.windows import evaluate_per_window, format_window_table
 from omniforcing.types import AVBatch, ClipSpec
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def evaluate(
     steps: int | None = None,
     once: bool = False,
     device: str = "auto",
+    per_window: int | None = None,
 ) -> None:
     """Evaluate generated clips: a folder against real shards, or every new checkpoint of a run.
 
@@ -111,6 +113,8 @@ def evaluate(
         steps: ``--watch``: sampler steps (default: the model's recorded setting).
         once: ``--watch``: process the checkpoints present now and exit.
         device: ``auto``, ``cpu`` or ``cuda``.
+        per_window: ``--real/--fake``: metrics per window of this many seconds along long generated streams, one
+            row per window in the JSON and curves in TensorBoard at ``OUT.tensorboard`` (docs/metrics.md).
     """
     names = metric_names(extractors)
     settings = dict(i3d_path=i3d_path, vggish_path=vggish_path)
@@ -124,9 +128,15 @@ def evaluate(
         return
     if real is None or fake is None:
         raise SystemExit("give --real SHARDS and --fake DIR_OR_SHARDS, or --watch RUN_DIR")
-    result = compare_sets(real, fake, names, settings, seconds=seconds, max_clips=max_clips, batch_size=batch_size,
-                          cache_dir=cache_dir, device=resolve_device(device))
-    print(format_result(result))
+    if per_window is not None:
+        result = evaluate_per_window(real, fake, names, settings, window_seconds=per_window, max_clips=max_clips,
+                                     batch_size=batch_size, cache_dir=cache_dir, device=resolve_device(device),
+                                     tensorboard_dir=None if out is None else out.with_suffix(".tensorboard"))
+        print(format_window_table(result))
+    else:
+        result = compare_sets(real, fake, names, settings, seconds=seconds, max_clips=max_clips,
+                              batch_size=batch_size, cache_dir=cache_dir, device=resolve_device(device))
+        print(format_result(result))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
