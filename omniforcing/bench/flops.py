@@ -10,6 +10,7 @@ the boolean mask does not skip work in that kernel). One multiply-add counts as 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -17,6 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from omniforcing.bench.timing import DeviceTimer, warm_up
 
 PEAK_DTYPES = (torch.float32, torch.bfloat16)
+
+ModelDtype = Literal["auto", "float32", "bfloat16"]
+"""A benchmark option: one of :data:`PEAK_DTYPES` by name, or ``auto`` for :func:`fastest_dtype`."""
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from omniforcing.bench.flops import PEAK_DTYPES, count_flops, fastest_dtype, measure_peaks
+from omniforcing.bench.flops import PEAK_DTYPES, ModelDtype, count_flops, fastest_dtype, measure_peaks
 from omniforcing.bench.report import Report, Table, TableMeasurement
 from omniforcing.bench.timing import DeviceTimer, warm_up
 from omniforcing.codecs import AVCodec, CausalVideoAutoencoder, MelAudioCodec, MelAutoencoder
@@ -370,17 +370,19 @@ def dtype_table(student, codec, config: StreamingBenchConfig, device: torch.devi
 
 
 def warm_up_models(student, teacher, codec, config: StreamingBenchConfig, device: torch.device) -> None:
-    """One untimed teacher step and a student stream past the window with decoding (first-call costs, kernel
-    selection and any compilation stay out of the tables)."""
-    noise = latent_noise(codec, 1, 1, device=device)
+    """One untimed teacher step on the compared clip and an untimed student stream of the same length, decoded:
+    first-call costs, kernel selection and any per-shape compilation of the block steps (every block of the
+    clip has its own cache length until the window is full) stay out of the tables."""
+    noise = latent_noise(codec, config.clip_seconds, 1, device=device)
     with torch.inference_mode():
         warm_up(lambda: generate_bidirectional(teacher, [PROMPT], noise, steps=1, video_scale=TEACHER_CFG,
                                                audio_scale=TEACHER_CFG), device)
-    warm_up(lambda: run_student(StreamingGenerator(student, codec, student_settings(config)), 1), device)
+    warm_up(lambda: run_student(StreamingGenerator(student, codec, student_settings(config)), config.clip_seconds),
+            device)
 
 
 def run_streaming_bench(quick: bool = False, threads: int | None = 1, preset: str | None = None,
-                        video_grid: tuple[int, int] | None = None,
+                        video_grid: tuple[int, int] | None = None, dtype: ModelDtype = "auto",
                         on_table: Callable[[Report], None] | None = None) -> Report:
     """Run the streaming suite (module docstring); returns a :class:`Report` whose summary carries
     ``speedup_vs_teacher``, ``block_latency_ms``, ``time_to_first_block_s``, ``real_time_factor_student``,
@@ -392,6 +394,7 @@ def run_streaming_bench(quick: bool = False, threads: int | None = 1, preset: st
             shared CPU and leaves a core for the overlap thread.
         preset: model preset (default ``small``; ``tiny`` when ``quick``).
         video_grid: ``(h, w)`` latent tokens per video frame (default 4x4, the shipped codec's).
+        dtype: the backbones' dtype; ``auto`` = the one whose measured matmul peak is higher on this device.
         on_table: called with the report after every table (see :meth:`Report.measure`); a table that raises
             is recorded with its error and the next one runs.
     """
@@ -400,7 +403,7 @@ def run_streaming_bench(quick: bool = False, threads: int | None = 1, preset: st
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = StreamingBenchConfig.make(quick, preset, video_grid)
     peaks = measure_peaks(device, max_size=512 if config.quick else (8192 if device.type == "cuda" else 4096))
-    dtype = fastest_dtype(peaks)
+    dtype = fastest_dtype(peaks) if dtype == "auto" else getattr(torch, dtype)
     log.info("matmul peaks %s; models run in %s", {dtype_name(k): v for k, v in peaks.items()}, dtype_name(dtype))
     student, teacher, codec = bench_models(config, device, dtype)
     warm_up_models(student, teacher, codec, config, device)

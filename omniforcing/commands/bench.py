@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from omniforcing.bench.flops import ModelDtype
 from omniforcing.bench.report import Report, Table, error_line, release_device_memory
 from omniforcing.bench.signals import BenchInterrupted, stop_on_sigterm
 from omniforcing.models.presets import PRESETS
@@ -148,20 +149,22 @@ def _run_suite(name: str, run: BenchRun, quick: bool, options: dict[str, Any]) -
     run.suite_done(report)
 
 
-def _check_options(names: list[str], preset: str | None, video_grid: str | None) -> dict[str, Any]:
+def _check_options(names: list[str], preset: str | None, video_grid: str | None,
+                   dtype: ModelDtype) -> dict[str, Any]:
     """The model options as the suites take them; a user error if one is invalid or no suite takes it."""
     if preset is not None and preset not in PRESETS:
         _fail(f"unknown --preset {preset!r}; choose from {', '.join(PRESETS)}")
     grid = None if video_grid is None else parse_video_grid(video_grid)
-    for flag, value, parameter in (("--preset", preset, "preset"), ("--video-grid", grid, "video_grid")):
-        runners = [_runner(n) for n in names]
-        if value is not None and not any(r and parameter in inspect.signature(r).parameters for r in runners):
+    accepted = {p for runner in map(_runner, names) if runner for p in inspect.signature(runner).parameters}
+    for flag, value, parameter in (("--preset", preset, "preset"), ("--video-grid", grid, "video_grid"),
+                                   ("--dtype", None if dtype == "auto" else dtype, "dtype")):
+        if value is not None and parameter not in accepted:
             _fail(f"{flag} does not apply to suite {' / '.join(names)}")
-    return {"preset": preset, "video_grid": grid}
+    return {"preset": preset, "video_grid": grid, "dtype": dtype}
 
 
 def bench(*, suite: Suite = "streaming", out: Path | None = None, quick: bool = False, threads: int | None = 1,
-          preset: str | None = None, video_grid: str | None = None) -> None:
+          preset: str | None = None, video_grid: str | None = None, dtype: ModelDtype = "auto") -> None:
     """Run benchmark suites, print their tables as markdown and save them as JSON after every table.
 
     Args:
@@ -176,9 +179,12 @@ def bench(*, suite: Suite = "streaming", out: Path | None = None, quick: bool = 
             ``large``; default ``small``, ``tiny`` with ``--quick``).
         video_grid: latent tokens per video frame as ``HxW`` for the streaming and model suites (default 4x4,
             the shipped codec's; 16x24 is LTX-2's grid at 512x768).
+        dtype: the streaming suite's backbone dtype (``auto``: the dtype with the higher measured matmul peak
+            on this device; on CPUs with AMX that is bf16 even where small models run faster in fp32, see the
+            suite's dtype table).
     """
     names = list(ALL_SUITES) if suite == "all" else [suite]
-    options = {"threads": threads, **_check_options(names, preset, video_grid)}
+    options = {"threads": threads, **_check_options(names, preset, video_grid, dtype)}
     run = BenchRun(suite, out)
     try:
         with stop_on_sigterm():
