@@ -32,6 +32,7 @@ import torch
 from omniforcing.data.media import write_mp4
 from omniforcing.inference.streaming import StreamingGenerator
 from omniforcing.pipelines.mutual_forcing import fit_patch_codec_statistics, write_trainer_overrides
+from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES
 from omniforcing.types import ClipSpec
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def run_pipeline(out: Path = Path("runs/omniforcing_pipeline"), *, model: str = 
         teacher_lr: teacher learning rate.
         distill_lr: learning rate of generator and critic in Stage I and III.
         ode_lr: Stage II learning rate.
-        times: the students' few-step times (default 1.0 0.75 0.5 0.25).
+        times: the students' few-step times (default ``DEFAULT_FEW_STEP_TIMES``: 1.0 0.75 0.5 0.25).
         ablations: variants run after the main chain (Stage II + III each, sharing teacher, Stage I and pairs).
         stream_seconds: length of the streamed clip.
         window: KV-cache window of the stream in seconds (``None``: never evict).
@@ -194,7 +195,7 @@ def run_pipeline(out: Path = Path("runs/omniforcing_pipeline"), *, model: str = 
     out.mkdir(parents=True, exist_ok=True)
     if threads is not None:
         torch.set_num_threads(threads)
-    times = times or [1.0, 0.75, 0.5, 0.25]
+    times = times or list(DEFAULT_FEW_STEP_TIMES)
     shared = ["-c", str(RECIPES / "latents" / f"{latents}.yaml"), "-c", str(RECIPES / "model" / f"{model}.yaml"),
               "-c", str(write_trainer_overrides(out, ema_decay)), "--trainer.limit_val_batches=0",
               "--trainer.enable_progress_bar=false", f"--seed_everything={seed}",

@@ -23,6 +23,7 @@ from omniforcing.inference.dual_mode import DualModes, Mode, generate_dual_mode_
 from omniforcing.methods.flow_matching import Modality
 from omniforcing.methods.mutual_forcing import MutualForcing, MutualForcingStep
 from omniforcing.models.transformer import DualStreamTransformer
+from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES
 from omniforcing.training.base import AVLitModule, default_optimizer
 from omniforcing.types import AVBatch, ClipSpec
 
@@ -73,7 +74,7 @@ class MutualForcingLitModule(AVLitModule):
         init_audio_from: str | None = None,
         on_nonfinite: Literal["stop", "skip"] = "stop",
         seed: int = 0,
-        few_step_times: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25),
+        few_step_times: tuple[float, ...] = DEFAULT_FEW_STEP_TIMES,
         step_size: float = 0.25,
         multi_step_size: float = 0.0,
         context_time: float = 0.0,

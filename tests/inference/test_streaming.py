@@ -10,9 +10,9 @@ from conftest import patch_linear_codec, patch_mel_codec
 
 from omniforcing.inference.clips import to_uint8_video
 from omniforcing.inference.stream_settings import StreamingSettings
-from omniforcing.inference.streaming import StreamingGenerator, generate_streaming_clips, prefetch
 from omniforcing.diffusion.samplers import fresh_noise
-from omniforcing.sampling.blocks import block_noise, block_shape, commit_block, denoise_block
+from omniforcing.inference.streaming import StreamingGenerator, generate_streaming_clips, prefetch
+from omniforcing.sampling.blocks import block_noise, block_shape, block_step, commit_block, denoise_block
 from omniforcing.sampling.few_step import draw_renoise
 from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.sampling.schedule import BlockTimes
@@ -148,6 +148,38 @@ def test_errors_for_models_the_engine_cannot_stream(make_student):
         StreamingGenerator(make_student(codec), codec, StreamingSettings(step_size=0.25))
     with pytest.raises(ValueError, match="strictly decreasing"):
         StreamingSettings(video_times=(0.5, 1.0))
+
+
+def test_prompt_switch_applies_from_the_next_block_and_keeps_the_history(make_student):
+    codec = patch_linear_codec()
+    engine = StreamingGenerator(make_student(codec, num_audio_sinks=2), codec,
+                                StreamingSettings(window_seconds=3, video_cfg=2.0, decode=False))
+    other = "a blue cube"
+    asked: list[int] = []
+
+    def prompt(block: int) -> str:
+        asked.append(block)
+        return PROMPT if block < 2 else other
+
+    switched = list(engine.latent_blocks(prompt, seconds=3, seed=1))
+    old = list(engine.latent_blocks(PROMPT, seconds=3, seed=1))
+    new = list(engine.latent_blocks(other, seconds=3, seed=1))
+    assert asked == [0, 1, 2, 3]
+    for a, b in zip(switched[:2], old[:2]):  # before the switch: the old prompt's stream
+        assert torch.equal(a.latents.video, b.latents.video) and torch.equal(a.latents.audio, b.latents.audio)
+    for a, b, c in zip(switched[2:], old[2:], new[2:]):  # after: neither the old prompt's nor a fresh stream's
+        assert (a.latents.video - b.latents.video).abs().max() > 1e-4
+        assert (a.latents.video - c.latents.video).abs().max() > 1e-4  # the history came from the old prompt
+        assert a.cache_tokens == b.cache_tokens  # the cache kept (and rolled) its history
+
+
+def test_block_steps_run_eager_on_cpu_unless_asked(make_student):
+    codec = patch_linear_codec()
+    network = make_student(codec)
+    assert StreamingSettings().compile is None
+    engine = StreamingGenerator(network, codec, StreamingSettings(decode=False))
+    assert not engine.compiled and engine.block_step() is block_step
+    assert StreamingGenerator(network, codec, StreamingSettings(compile=True)).compiled
 
 
 def test_prefetch_reraises_producer_errors_and_stops_early():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from omniforcing.diffusion.guidance import classifier_free_guidance
 from omniforcing.sampling.blocks import (
@@ -98,6 +99,47 @@ def test_block_generator_draws_everything_before_the_step_in_the_loops_order():
     again = block_step(denoiser, 1, draws, times, blocks.step_size, blocks.context_time)
     assert torch.equal(first.video, again.video) and torch.equal(first.audio, again.audio)
     assert denoiser.cond.cache.next_block == 2
+
+
+class HostReads(TorchDispatchMode):
+    """Records every operation that reads a tensor value back to the host (``.item()``, ``int(t)``, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@torch.inference_mode()
+def test_block_step_reads_nothing_back_to_the_host(monkeypatch):
+    """No ``.item()``/``.tolist()`` inside a block step (guided, context noise, rolling window, step size), before
+    and after the window fills: on CUDA each would be a host synchronisation."""
+    network = tiny_network(causal=True, num_audio_sinks=2, step_size_conditioning=True)
+    text, null = network.encode_text(["a"]), network.encode_text(["a"], drop=torch.ones(1, dtype=torch.bool))
+    denoiser = GuidedDenoiser(network, text, null, 2.0, 3.0, cache=network.new_cache(1, window_seconds=2),
+                              null_cache=network.new_cache(1, window_seconds=2))
+    times = BlockTimes.of([1.0, 0.6, 0.3], [1.0, 0.5])
+    blocks = BlockGenerator(denoiser, times, (4, 2, 2), (3,), step_size=torch.full((1,), 0.25), context_time=0.1)
+    generator = torch.Generator().manual_seed(0)
+    tolist = torch.Tensor.tolist
+
+    def refuse(*args):
+        raise AssertionError("tolist() inside a block step")
+
+    for block in range(4):
+        draws = blocks.draw(block, generator)
+        monkeypatch.setattr(torch.Tensor, "tolist", refuse)
+        with HostReads() as reads:
+            block_step(denoiser, block, draws, times, blocks.step_size, blocks.context_time)
+        monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+        assert reads.reads == [], (block, reads.reads)
+    with HostReads() as reads:  # the check itself sees a read
+        torch.ones(1).item()
+    assert reads.reads
 
 
 def test_block_checks():
