@@ -105,7 +105,7 @@ class BlockScheduler:
 
     def _open(self, stream: LiveStream) -> _Work:
         codec, has_audio = self.generator.codec, self.generator.settings.modality != "video"
-        blocks = self.generator.stream(stream.prompt_at(0), stream.seconds, stream.seed)
+        blocks = self.generator.stream(stream.prompt_at, stream.seconds, stream.seed)  # asked at each block
         return _Work(blocks, Mp4FragmentStream(codec.video.fps, codec.audio.sample_rate if has_audio else 0))
 
     def _visit(self, stream: LiveStream, work: _Work) -> None:

@@ -1,0 +1,51 @@
+"""``omniforcing serve``: one-line errors, the loopback check behind the bind warning, a real start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from omniforcing.commands.serve import is_loopback, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_unknown_checkpoint_and_bidirectional_model_exit_with_one_line():
+    with pytest.raises(SystemExit, match=r"^serve: --checkpoint 'no-such-model' is neither"):
+        serve(checkpoint="no-such-model")
+    if not (ROOT / "checkpoints" / "reference" / "teacher").is_dir():
+        pytest.skip("the reference teacher is absent")
+    with pytest.raises(SystemExit, match=r"^serve: streaming needs a causal"):
+        serve(checkpoint="teacher", device="cpu")
+
+
+def test_only_loopback_hosts_count_as_local():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::")
+    assert not is_loopback("192.0.2.7")  # TEST-NET-1: never local
+    assert not is_loopback("no-such-host.invalid")
+
+
+@pytest.mark.slow
+def test_the_command_serves_the_page_until_interrupted():
+    command = [sys.executable, "-m", "omniforcing", "serve", "--checkpoint", "student", "--port", "0",
+               "--threads", "1"]
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = server.stdout.readline()  # bounded by the timeout below through communicate on failure
+        assert line.startswith("serving student on http://127.0.0.1:"), line
+        url = line.split()[3]
+        assert "warning" not in line
+        with urllib.request.urlopen(url, timeout=30) as page:
+            assert page.status == 200 and b"omniforcing live" in page.read()
+    finally:
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0 and "stopped" in output and "Traceback" not in output
