@@ -258,7 +258,8 @@ def latency_table(student, codec, config: StreamingBenchConfig, device: torch.de
                    "the 5 blocks around it; the two streams alternate block by block. latency flatness = median "
                    f"of the last 5 blocks over the median of blocks {steady}-{steady + 4} (the window full and "
                    "evicting). Decoding (constant per block) is in the first table. Batch 1, 16 audio sinks, v1 "
-                   "prefix, KV cache after the block.")
+                   "prefix. KV cache = bytes its key/value storage holds after the block (LatentBlock.cache_bytes; "
+                   "for preallocated buffers, their capacity).")
     summary = {"block_latency_ms": _median(window, steady, last),
                "latency_flatness": _median(window, last - 4, last) / _median(window, steady, steady + 4),
                "latency_flatness_never_evicts": _median(growing, last - 4, last) / _median(growing, steady,

@@ -169,6 +169,7 @@ def test_lightning_sigterm_exception_is_not_reported_as_a_bad_recipe(tmp_path, m
     (["--video-grid", "0x4"], "--video-grid must be HxW"),
     (["--preset", "huge"], "unknown --preset 'huge'"),
     (["--suite", "data", "--video-grid", "4x4"], "--video-grid does not apply to suite data"),
+    (["--suite", "codec", "--dtype", "float32"], "--dtype does not apply to suite codec"),
 ])
 def test_bad_flags_are_one_line_user_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

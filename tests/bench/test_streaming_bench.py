@@ -63,8 +63,11 @@ def test_preset_and_video_grid_reach_the_models_and_the_codec():
     assert sum(p.numel() for p in teacher.parameters()) == parameter_counts("small", video_grid=(2, 3))["total"]
 
 
-def test_streaming_bench_runs_at_a_non_square_video_grid(tmp_path, capsys):
-    main(["bench", "--suite", "streaming", "--quick", "true", "--video-grid", "2x3", "--out", str(tmp_path / "b.json")])
-    assert "(tiny preset, 2x3 video grid, 1-s clip + lead)" in capsys.readouterr().out
+def test_streaming_bench_runs_at_a_non_square_video_grid_in_the_requested_dtype(tmp_path, capsys):
+    main(["bench", "--suite", "streaming", "--quick", "true", "--video-grid", "2x3", "--dtype", "float32",
+          "--out", str(tmp_path / "b.json")])
+    printed = capsys.readouterr().out
+    assert "(tiny preset, 2x3 video grid, 1-s clip + lead)" in printed and "2x3 video grid, float32)" in printed
     summary = json.loads((tmp_path / "b.json").read_text())["summary"]
-    assert summary["video_grid"] == "2x3" and summary["preset"] == "tiny" and summary["block_latency_ms"] > 0
+    assert summary["video_grid"] == "2x3" and summary["preset"] == "tiny" and summary["dtype"] == "float32"
+    assert summary["block_latency_ms"] > 0
