@@ -118,6 +118,90 @@ def test_divided_attention_matches_the_reference_formulation(axis):
     torch.testing.assert_close(module(x, 4, axis), reference_divided_attention(module, x, 4, axis))
 
 
+def _reference_pool(layer: torch.nn.TransformerEncoderLayer, x: Tensor) -> Tensor:
+    """Reference ``BaseEncoderLayer.forward``: prepend CLS, run the torch encoder layer, read CLS."""
+    x = torch.cat((layer.cls_token.expand(x.shape[0], -1, -1), x), dim=-2)
+    return torch.nn.TransformerEncoderLayer.forward(layer, x)[:, 0, :]
+
+
+def _reference_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return (q @ k.transpose(-2, -1) / k.shape[-1] ** 0.5).softmax(-1) @ v
+
+
+def reference_video_features(net: SynchformerNetwork, vis: Tensor) -> Tensor:
+    """``Synchformer.extract_vfeats`` + ``MotionFormer.forward`` + ``VisionTransformer.forward_features``."""
+    mf = net.vfeat_extractor
+    b, s, frames, c, h, w = vis.shape
+    x = vis.permute(0, 1, 3, 2, 4, 5).reshape(b * s, c, frames, h, w)
+    x = mf.patch_embed_3d.proj(x).flatten(2).transpose(1, 2)
+    x = torch.cat((mf.cls_token.expand(b * s, -1, -1), x), dim=1)
+    npatch, resolution = mf.grid ** 2, mf.time_tokens
+    tile = mf.pos_embed[:, 1:, :].repeat(1, resolution, 1) + mf.temp_embed.repeat_interleave(npatch, 1)
+    x = x + torch.cat([mf.pos_embed[:, 0, :].unsqueeze(1), tile], dim=1)
+    for blk in mf.blocks:
+        x = x + reference_divided_attention(blk.timeattn, blk.norm3(x), resolution, "time")
+        x = x + reference_divided_attention(blk.attn, blk.norm1(x), resolution, "space")
+        x = x + blk.mlp.fc2(torch.nn.functional.gelu(blk.mlp.fc1(blk.norm2(x))))
+    x = mf.norm(x[:, 1:, :])
+    d = x.shape[-1]
+    x = x.permute(0, 2, 1).reshape(b * s, d, resolution, mf.grid, mf.grid)
+    x = _reference_pool(mf.spatial_attn_agg, einops.rearrange(x, "BS D t h w -> (BS t) (h w) D"))
+    return einops.rearrange(x, "(BS t) D -> BS t D", t=resolution).reshape(b, s, resolution, d)
+
+
+def reference_audio_features(net: SynchformerNetwork, aud: Tensor) -> Tensor:
+    """``Synchformer.extract_afeats`` + ``AST.forward_segments`` + Hugging Face ``ASTModel`` (as modified)."""
+    a = net.afeat_extractor
+    b, s, mel_bins, spec_frames = aud.shape
+    x = aud.permute(0, 1, 3, 2).reshape(b * s, spec_frames, mel_bins)  # (BS, T, F) as the reference passes it
+    emb = a.ast.embeddings
+    x = emb.patch_embeddings.projection(x.unsqueeze(1).transpose(2, 3)).flatten(2).transpose(1, 2)
+    x = torch.cat((emb.cls_token.expand(b * s, -1, -1), emb.distillation_token.expand(b * s, -1, -1), x), 1)
+    x = x + emb.position_embeddings
+    for layer in a.ast.encoder.layer:
+        att, heads = layer.attention.attention, layer.attention.attention.heads
+        h = layer.layernorm_before(x)
+        q, k, v = (t(h).view(b * s, -1, heads, h.shape[-1] // heads).permute(0, 2, 1, 3)
+                   for t in (att.query, att.key, att.value))
+        context = _reference_attention(q, k, v).permute(0, 2, 1, 3).reshape(b * s, -1, h.shape[-1])
+        x = layer.attention.output.dense(context) + x
+        x = layer.output.dense(torch.nn.functional.gelu(layer.intermediate.dense(layer.layernorm_after(x)))) + x
+    x = a.ast.layernorm(x)[:, 2:, :]
+    d, f, t = x.shape[-1], a.freq_patches, a.time_patches
+    x = x.permute(0, 2, 1).reshape(b * s, d, f, t).permute(0, 3, 2, 1).reshape(b * s * t, f, d)
+    return _reference_pool(a.freq_attn_agg, x).view(b * s, t, d).reshape(b, s, t, d)
+
+
+def reference_logits(net: SynchformerNetwork, vis: Tensor, aud: Tensor) -> Tensor:
+    """``Synchformer.compare_v_a`` + ``GlobalTransformer.forward`` (minGPT blocks)."""
+    g = net.transformer
+    v, a = net.vproj(vis).flatten(1, 2), net.aproj(aud).flatten(1, 2)
+    b = v.shape[0]
+    x = torch.cat((g.OFF_tok.repeat(b, 1, 1), g.vis_in_lnorm(v), g.MOD_tok.repeat(b, 1, 1), g.aud_in_lnorm(a)), 1)
+    x = x + g.pos_emb_cfg.pos_emb
+    for blk in g.blocks:
+        h, heads = blk.ln1(x), blk.attn.heads
+        q, k, v_ = (t(h).view(b, -1, heads, h.shape[-1] // heads).transpose(1, 2)
+                    for t in (blk.attn.query, blk.attn.key, blk.attn.value))
+        x = x + blk.attn.proj(_reference_attention(q, k, v_).transpose(1, 2).reshape(b, -1, h.shape[-1]))
+        x = x + blk.mlp(blk.ln2(x))
+    return g.off_head(g.ln_f(x)[:, 0, :])
+
+
+def test_network_matches_a_transcription_of_the_reference_forward():
+    torch.manual_seed(0)
+    net = SynchformerNetwork(**TINY).eval()
+    for parameter in net.parameters():  # no zero or identity initialisation may hide a wrong order
+        torch.nn.init.normal_(parameter, std=0.2)
+    vis, aud = torch.rand(2, 14, 16, 3, 32, 32) * 2 - 1, torch.randn(2, 14, 128, 66)
+    with torch.no_grad():
+        video, audio = net.video_features(vis), net.audio_features(aud)
+        torch.testing.assert_close(video, reference_video_features(net, vis), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(audio, reference_audio_features(net, aud), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(net.offset_logits(video, audio), reference_logits(net, video, audio),
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_preprocessing_shapes_rates_and_ranges():
     video = torch.randint(0, 256, (2, 60, 3, 24, 40), dtype=torch.uint8)  # 2.5 s at 24 fps
     segments = video_segments(video, 24.0, 32)
