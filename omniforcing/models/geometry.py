@@ -7,6 +7,8 @@ column; audio self-attention and cross-modal attention rotate time only; audio s
 
 Results are memoised per (first latent, count, device, dtype): a streamed block is run several times (each
 denoising step and the commit) with the same geometry, and a training clip with the same length every step.
+They are computed on the model's device from Python integers (no host-to-device copy, so a new block's tables
+never synchronise the host).
 They are built outside inference mode, so tables first made by a sampler under ``torch.inference_mode`` can
 later be saved for backward by a training forward.
 """
@@ -72,12 +74,12 @@ class TokenGeometry:
 
     def _video(self, first: int, count: int, device: torch.device, dtype: torch.dtype) -> StreamTokens:
         h, w = self.video_grid
-        index = torch.arange(first, first + count)
+        index = torch.arange(first, first + count, device=device)
         time = self.grid.video_spans_of(index).mean(-1).repeat_interleave(h * w)
-        rows = (torch.arange(h, dtype=torch.float64) + 0.5).repeat_interleave(w).repeat(count)
-        cols = (torch.arange(w, dtype=torch.float64) + 0.5).repeat(h * count)
-        positions = torch.stack([time, rows, cols], dim=-1).to(device)
-        blocks = self.grid.video_blocks_of(index).repeat_interleave(h * w).to(device)
+        rows = (torch.arange(h, dtype=torch.float64, device=device) + 0.5).repeat_interleave(w).repeat(count)
+        cols = (torch.arange(w, dtype=torch.float64, device=device) + 0.5).repeat(h * count)
+        positions = torch.stack([time, rows, cols], dim=-1)
+        blocks = self.grid.video_blocks_of(index).repeat_interleave(h * w)
         return StreamTokens(blocks, self.video_rope.tables(positions, dtype=dtype),
                             self.audio_rope.tables(positions[:, :1], dtype=dtype))
 
@@ -88,13 +90,14 @@ class TokenGeometry:
             return self._audio(first, count, sinks, device, dtype)
 
     def _audio(self, first: int, count: int, sinks: int, device: torch.device, dtype: torch.dtype) -> StreamTokens:
-        index = torch.arange(first, first + count)
-        time = torch.cat([torch.zeros(sinks, dtype=torch.float64), self.grid.audio_spans_of(index).mean(-1)])
-        identity = torch.arange(sinks + count) < sinks  # explicit identity rotation (ALGORITHMS.md §6.3)
+        index = torch.arange(first, first + count, device=device)
+        time = torch.cat([torch.zeros(sinks, dtype=torch.float64, device=device),
+                          self.grid.audio_spans_of(index).mean(-1)])
+        identity = torch.arange(sinks + count, device=device) < sinks  # explicit identity rotation (ALGORITHMS.md §6.3)
         if self.sink_rope == "position0":
             identity = torch.zeros_like(identity)  # ablation: sinks rotated at time 0 like the first latent
-        tables = self.audio_rope.tables(time[:, None].to(device), identity.to(device), dtype=dtype)
-        blocks = torch.cat([torch.zeros(sinks, dtype=torch.long), self.grid.audio_blocks_of(index)]).to(device)
+        tables = self.audio_rope.tables(time[:, None], identity, dtype=dtype)
+        blocks = torch.cat([torch.zeros(sinks, dtype=torch.long, device=device), self.grid.audio_blocks_of(index)])
         return StreamTokens(blocks, tables, tables)
 
     @functools.lru_cache(maxsize=16)  # noqa: B019

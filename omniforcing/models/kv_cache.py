@@ -113,7 +113,7 @@ class CachePlan:
         """Ring storage of layer ``index`` per attention kind (kinds without history are absent)."""
         out = {}
         for plan, kinds in ((self.video, VIDEO_KINDS), (self.audio, AUDIO_KINDS)):
-            if plan is None or not (plan.history or plan.write_index is not None):
+            if plan is None or not plan.reads_history:
                 continue
             ring = plan.ring
             for kind in kinds:
@@ -337,7 +337,8 @@ class AVKVCache:
         last = (video or audio)[-1][0]
         return CachePlan(state, block, last + 1, complete, plans[0], plans[1], (tails[0], tails[1]))
 
-    def store(self, plan: CachePlan, current: list[LayerKV]) -> None:
+    @staticmethod
+    def store(plan: CachePlan, current: list[LayerKV]) -> None:
         """Tensor half of a commit: copy the call's surviving keys/values (detached) into their slots.
 
         An in-place call (:meth:`HistoryPlan.in_place`) already wrote them while attending."""
@@ -370,7 +371,7 @@ class AVKVCache:
 
     def commit(self, plan: CachePlan, current: list[LayerKV]) -> None:
         """Store the call's keys/values and advance (:meth:`store` then :meth:`advance`)."""
-        self.store(plan, current)
+        AVKVCache.store(plan, current)
         self.advance(plan)
 
 
@@ -409,7 +410,7 @@ def _history_plan(state: CacheState, ring: RingBuffer, window: int | None, block
         if block == 0 or window is None or block > last - window:  # survives the commit's eviction
             stores.append(((offset, offset + count), ring.span(block, count)[0]))
         offset += count
-    return HistoryPlan(ring, history, write_index, end, tuple(stores), shift_pinned)
+    return HistoryPlan(ring, history, write_index, end, tuple(stores), shift_pinned, bool(history))
 
 
 def _block_at(ring: RingBuffer, position: int) -> int:

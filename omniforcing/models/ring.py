@@ -110,6 +110,9 @@ class RingBuffer:
                 store[layer][kind] = source.new_zeros(batch, heads, self.capacity, dim)
             if self.separate_pinned:
                 self.pinned_key[layer][kind] = like.key.new_zeros(batch, heads, self.pinned, dim)
+        for store in (self.key, self.value, self.pinned_key):
+            if kind in store[layer]:
+                _mark_static(store[layer][kind])
 
     def pinned_keys(self, layer: int, kind: str) -> Tensor:
         """Unrotated keys of block 0 ``(B, heads, pinned, head_dim)``."""
@@ -140,8 +143,9 @@ class RingBuffer:
                         old = mine[layer][kind]
                         theirs[layer][kind] = old.new_zeros(*old.shape[:2], twin.capacity, old.shape[3])
                         theirs[layer][kind][:, :, :keep] = old[:, :, :keep]
+                        _mark_static(theirs[layer][kind])
                     if self.separate_pinned:
-                        twin.pinned_key[layer][kind] = self.pinned_key[layer][kind].clone()
+                        twin.pinned_key[layer][kind] = _mark_static(self.pinned_key[layer][kind].clone())
         twin.stamps[: len(self.stamps)] = self.stamps[: len(twin.stamps)]
         twin._clock = self._clock
         return twin
@@ -167,6 +171,14 @@ class RingBuffer:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _mark_static(tensor: Tensor) -> Tensor:
+    """On CUDA, tell ``torch.compile`` the storage keeps its address, so CUDA graphs may write it in place
+    (cudagraph trees accept mutations of static-address inputs only; omniforcing.sampling.capture)."""
+    if tensor.is_cuda:
+        torch._dynamo.mark_static_address(tensor)
+    return tensor
+
+
 @dataclass(frozen=True, eq=False)
 class HistoryPlan:
     """How every layer's calls for one block (or chunk of blocks) read and write one modality's ring.
@@ -182,6 +194,8 @@ class HistoryPlan:
         stores: a committing call copies its tokens ``(lo, hi)`` to storage position ``target``:
             ``((lo, hi), target)`` for every surviving block of the call.
         shift_pinned: rotate pinned keys at read time (``"relative"`` prefix policy).
+        reads_history: the call has history (``bool(history)``; kept apart so compiled code does not guard on
+            the ranges, which rotate from block to block).
     """
 
     ring: RingBuffer
@@ -190,6 +204,7 @@ class HistoryPlan:
     end: int
     stores: tuple[tuple[tuple[int, int], int], ...]
     shift_pinned: bool
+    reads_history: bool
 
     def in_place(self) -> bool:
         """Whether this call writes its keys/values into the ring and attends over it (no autograd)."""

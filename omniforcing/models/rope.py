@@ -63,11 +63,19 @@ class RotaryEmbedding:
         self.per_axis = per_axis
         self.pairs = pairs
         self.frequencies = (math.pi / 2) * base ** torch.linspace(0, 1, per_axis, dtype=torch.float64)
+        self._on_device: dict[torch.device, Tensor] = {}
+
+    def frequencies_on(self, device: torch.device) -> Tensor:
+        """The frequencies on ``device``, copied there once (later tables need no host-to-device copy)."""
+        if device not in self._on_device:
+            with torch.inference_mode(False):
+                self._on_device[device] = self.frequencies.to(device)
+        return self._on_device[device]
 
     def angles(self, positions: Tensor) -> Tensor:
         """``(N, pairs)`` float64 angles for ``(N, axes)`` coordinates; unused pairs get angle 0."""
         positions = positions.to(torch.float64)
-        freqs = self.frequencies.to(positions.device)
+        freqs = self.frequencies_on(positions.device)
         parts = [freqs * (2 * positions[:, axis, None] / top - 1) for axis, top in enumerate(self.max_positions)]
         pad = positions.new_zeros(positions.shape[0], self.pairs - self.per_axis * len(self.max_positions))
         return torch.cat([*parts, pad], dim=-1)
@@ -87,7 +95,7 @@ class RotaryEmbedding:
         (the angle is affine in the position), which is how the "relative" prefix policy re-places pinned keys.
         """
         angle = torch.zeros(1, self.pairs, dtype=torch.float64, device=device)
-        angle[0, : self.per_axis] = self.frequencies.to(device) * (2 * seconds / self.max_positions[0])
+        angle[0, : self.per_axis] = self.frequencies_on(device) * (2 * seconds / self.max_positions[0])
         return RopeTables.from_angles(angle, dtype)
 
 

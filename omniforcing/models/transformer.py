@@ -142,6 +142,7 @@ class DualStreamTransformer(nn.Module):
         self.layers = nn.ModuleList(DualStreamLayer(video_width, audio_width, video_heads, audio_heads, mlp_ratio)
                                     for _ in range(depth))
         self._grid = BlockLayout(1, 1, prefix)
+        self._compiled_core, self._compile_mode = None, None
         self.geometry = TokenGeometry(prefix, self.video_grid,
                                       RotaryEmbedding(video_width // video_heads, (rope_max_seconds, *self.video_grid),
                                                       rope_base),
@@ -218,15 +219,55 @@ class DualStreamTransformer(nn.Module):
                                  self._grid.audio_start(block) + num_audio if num_audio else None)
             plan = self.cache_plan(cache, layout, block, num_video > 0, num_audio > 0)
             masks = None if layout.num_blocks - block > 1 else AttentionMasks()  # one block: all history visible
-        call, video_ids, audio_ids = self._call(layout, block, num_video, num_audio, masks, cache)
+        call, _, _ = self._call(layout, block, num_video, num_audio, masks, cache)
         with_sinks = audio is not None and block == 0 and self.num_audio_sinks > 0
+        text_kv = self._text_kv(text) if cache is None else cache.text_kv(text, lambda: self._text_kv(text))
+        args = (video, audio, t_video, t_audio, step_size, text_kv, call, plan, with_sinks, commit)
+        out = self.core(*args) if self._compiled_core is None else self._run_compiled(*args)
+        if commit:
+            cache.advance(plan)  # host bookkeeping of the commit, outside the (compilable) tensor work
+        return out
+
+    def core(self, video: Tensor | None, audio: Tensor | None, t_video: Tensor | None, t_audio: Tensor | None,
+             step_size: Tensor | None, text_kv: list[TextKV], call: LayerCall, plan: CachePlan | None,
+             with_sinks: bool, commit: bool) -> tuple[Tensor | None, Tensor | None]:
+        """The tensor work of :meth:`forward` once its geometry (``call``) and cache plan are known: embeddings,
+        layers, the commit's stores, heads. No host synchronisation and no host-side state changes, so it can
+        be compiled and replayed as a CUDA graph (:meth:`compile_core`)."""
         xv, ev, mv = self._embed_video(video, t_video, step_size)
         xa, ea, ma = self._embed_audio(audio, t_audio, step_size, with_sinks)
-        text_kv = self._text_kv(text) if cache is None else cache.text_kv(text, lambda: self._text_kv(text))
         xv, xa, current = self._run_layers(xv, xa, mv, ma, text_kv, call, plan)
         if commit:
-            cache.commit(plan, current)
+            AVKVCache.store(plan, current)
         return self._video_out(xv, ev, video), self._audio_out(xa, ea, with_sinks)
+
+    def compile_core(self, enabled: bool = True, mode: str | None = None, backend: str = "inductor") -> None:
+        """Run :meth:`core` through ``torch.compile`` in every later forward (``enabled=False``: eager again).
+
+        The same attention path serves full-sequence forwards (the teacher's whole-clip sampler, training
+        forwards, with autograd) and cached streaming calls; one graph per call geometry, and a streamed
+        block's geometry is fixed once the cache window is full. ``mode="reduce-overhead"`` replays CUDA graphs
+        (then outputs are copied out of the graph pool, so callers may keep them across calls).
+
+        Args:
+            enabled: compile (True) or go back to eager.
+            mode: ``torch.compile`` mode (``None``, ``"reduce-overhead"``, ``"max-autotune"``...).
+            backend: ``torch.compile`` backend.
+        """
+        if not enabled:
+            self._compiled_core, self._compile_mode = None, None
+            return
+        # one graph per geometry: the full-window shape plus the bounded set before it, per branch and modality
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self._compiled_core = torch.compile(self.core, mode=mode, backend=backend, dynamic=False)
+        self._compile_mode = mode
+
+    def _run_compiled(self, *args) -> tuple[Tensor | None, Tensor | None]:
+        graphs = self._compile_mode == "reduce-overhead"
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # outputs of the previous replay are not read after this
+        out = self._compiled_core(*(a.contiguous() if isinstance(a, Tensor) else a for a in args))
+        return tuple(None if o is None else o.clone() for o in out) if graphs else out
 
     def cache_plan(self, cache: AVKVCache, layout: BlockLayout, block: int, has_video: bool,
                    has_audio: bool) -> CachePlan:

@@ -1,0 +1,75 @@
+"""Captured execution of the streaming block step (issue 12.3): ``torch.compile`` + CUDA graphs on CUDA.
+
+:func:`capture_block_step` wraps :func:`omniforcing.sampling.blocks.block_step` (the whole block: every
+denoising forward and the commit forward, on every CFG branch, both modalities). What is captured is the tensor
+work of each backbone forward, :meth:`DualStreamTransformer.core
+<omniforcing.models.transformer.DualStreamTransformer.core>`, compiled once per network with
+``mode="reduce-overhead"`` on CUDA (inductor kernels replayed as CUDA graphs by cudagraph trees). The rest of a
+forward is host bookkeeping that must run every time and never synchronises: the cache's plan of the block
+(memoised, so all steps of a block share it), the RoPE tables of the block (computed on the device from Python
+integers), and the commit's write pointers (:meth:`AVKVCache.advance
+<omniforcing.models.kv_cache.AVKVCache.advance>`). The Euler updates between forwards stay eager.
+
+Why a graph per forward and not one per block step: the cache's commit is host state (which slot a block
+takes, which blocks are visible) that a replayed graph would not update; keeping it outside the graphs is what
+lets one graph serve every block once the window is full. Static buffers: the ring storage of the KV cache is
+preallocated and marked as a static address (:class:`~omniforcing.models.ring.RingBuffer`), so graphs write
+the cache in place; per-block inputs (noise, RoPE tables, slot indices) are copied into the graphs' input
+buffers by cudagraph trees on each replay. Once the window is full every forward of a block has the same
+shapes, so nothing recompiles (``tests/sampling/test_capture.py`` checks this with ``error_on_recompile``).
+
+On CPU the step runs eager unless capture is asked for explicitly (then ``torch.compile`` without CUDA graphs,
+which the tests use to check it against eager). Not run on CUDA hardware in this repository's sessions so far:
+the CUDA path is written to the documented cudagraph-tree rules (static-address inputs may be mutated) and
+its device check is ``tests/sampling/test_capture.py::test_captured_stream_equals_eager_on_cuda``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from omniforcing.sampling.blocks import BlockStep, block_step
+from omniforcing.sampling.guidance import GuidedDenoiser
+
+
+def capture_block_step(step: BlockStep = block_step, *, mode: str | None = None,
+                       backend: str = "inductor") -> BlockStep:
+    """``step`` with every backbone forward it makes compiled (and replayed as CUDA graphs on CUDA).
+
+    Args:
+        step: the block step (:func:`~omniforcing.sampling.blocks.block_step`'s signature).
+        mode: ``torch.compile`` mode; default ``"reduce-overhead"`` (CUDA graphs) on CUDA, ``None`` elsewhere.
+        backend: ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` traces without generating code).
+
+    Returns:
+        A callable with ``step``'s signature.
+    """
+    return CapturedBlockStep(step, mode, backend)
+
+
+class CapturedBlockStep:
+    """A block step whose backbone forwards run compiled (see :func:`capture_block_step`).
+
+    The first call compiles the networks of the denoiser's branches (their :meth:`compile_core` stays on for
+    every later forward of those networks); a block's first forwards before the window is full compile one
+    graph per shape (a bounded set), later blocks replay.
+    """
+
+    def __init__(self, step: BlockStep, mode: str | None, backend: str) -> None:
+        self.step, self.mode, self.backend = step, mode, backend
+        self._compiled: set[int] = set()
+
+    def __call__(self, denoiser: GuidedDenoiser, block: int, *args: Any, **kwargs: Any) -> Any:
+        for branch in denoiser.branches:
+            self._compile(branch.network)
+        return self.step(denoiser, block, *args, **kwargs)
+
+    def _compile(self, network: torch.nn.Module) -> None:
+        if id(network) in self._compiled:
+            return
+        device = next(network.parameters()).device
+        mode = self.mode if self.mode is not None or device.type != "cuda" else "reduce-overhead"
+        network.compile_core(True, mode=mode, backend=self.backend)
+        self._compiled.add(id(network))
