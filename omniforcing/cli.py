@@ -3,13 +3,24 @@
 ``fit|validate|test|predict`` go to LightningCLI (:class:`omniforcing.training.cli.OmniCLI`); every other
 subcommand is a typed function turned into a subcommand by jsonargparse, so its signature and docstring are
 its ``--help``. The command contract lives in DESIGN.md and docs use exactly these names.
+
+Error contract: an expected user error — a :class:`~omniforcing.errors.UserError` raised by a command, or a
+command-line / recipe value the parser rejects — ends the program with one line ``error: ...`` on stderr and
+exit code 2. Anything else is a bug and keeps its traceback. ``--debug`` (anywhere on the command line) or
+``OMNIFORCING_DEBUG=1`` shows the traceback of user errors too.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from jsonargparse import ArgumentError
+
+from omniforcing.errors import UserError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -63,24 +74,59 @@ def _underscore_flags(argv: list[str]) -> list[str]:
     return out
 
 
+USER_ERROR_EXIT_CODE = 2
+"""Exit code of a user error (the same as jsonargparse's for a bad flag)."""
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "OMNIFORCING_DEBUG"
+
+
+def one_line(message: str) -> str:
+    """``message`` with its line breaks and indentation collapsed to single spaces."""
+    return " ".join(message.split())
+
+
+@contextmanager
+def user_errors_as_one_line(debug: bool) -> Iterator[None]:
+    """Turn :class:`UserError` and parser errors into ``error: ...`` on stderr and exit code 2 (unless ``debug``).
+
+    Only these expected types are caught: any other exception is a bug and propagates with its traceback.
+    """
+    try:
+        yield
+    except (UserError, ArgumentError) as error:
+        if debug:
+            raise
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Run the ``omniforcing`` command line (``args`` defaults to ``sys.argv[1:]``)."""
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
-        from omniforcing.training.cli import run_lightning_cli
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    with user_errors_as_one_line(debug):
+        _run(argv, debug)
 
+
+def _run(argv: list[str], debug: bool) -> None:
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        from omniforcing.training.cli import check_recipe_order, run_lightning_cli
+
+        check_recipe_order(argv[1:])
         # LightningCLI reads sys.argv itself; called from Python (pipelines, demo, tests) it would warn about
         # mixing ``args`` with the caller's own flags, so the explicit arguments stand in for sys.argv meanwhile.
         saved = sys.argv
         sys.argv = [saved[0] if saved else "omniforcing", *argv]
         try:
-            run_lightning_cli(None)
+            run_lightning_cli(None, exit_on_error=debug)
         finally:
             sys.argv = saved
         return
     from jsonargparse import CLI
 
-    CLI(_command_tree(), args=_underscore_flags(argv), as_positional=True)
+    CLI(_command_tree(), args=_underscore_flags(argv), as_positional=True, exit_on_error=debug)
 
 
 if __name__ == "__main__":

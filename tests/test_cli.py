@@ -15,7 +15,8 @@ def test_contract_flags_map_onto_parameter_names():
 
 def test_lightning_subcommands_called_from_python_see_only_their_own_arguments(monkeypatch):
     seen = []
-    monkeypatch.setattr(omniforcing.training.cli, "run_lightning_cli", lambda args: seen.append((args, sys.argv[:])))
+    monkeypatch.setattr(omniforcing.training.cli, "run_lightning_cli", 
+                        lambda args, exit_on_error: seen.append((args, sys.argv[:])))
     monkeypatch.setattr(sys, "argv", ["pipeline", "--out", "runs/x"])  # a caller's own flags
     main(["fit", "-c", "recipes/base.yaml"])
     assert seen == [(None, ["pipeline", "fit", "-c", "recipes/base.yaml"])]  # LightningCLI reads sys.argv itself

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from omniforcing.codecs.base import AudioCodec, AVCodec, VideoCodec
+from omniforcing.errors import InvalidInputError, MissingInputError
 
 CODEC_BASES = (VideoCodec, AudioCodec, AVCodec)
 LIGHTNING_CODEC_PREFIX = "codec."
@@ -90,23 +91,24 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"codec checkpoint {path} does not exist")
+        raise MissingInputError(f"codec checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:
-            raise ValueError(f"codec checkpoint {path} is not a readable safetensors file: {err}") from err
+            raise InvalidInputError(f"codec checkpoint {path} is not a readable safetensors file: {err}") from err
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad file
-        raise ValueError(f"codec checkpoint {path} is neither safetensors nor a torch weights file: {err}") from err
+        raise InvalidInputError(f"codec checkpoint {path} is neither safetensors nor a torch weights file: "
+                                f"{type(err).__name__}") from err
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]
         if any(k.startswith(LIGHTNING_CODEC_PREFIX) for k in payload):
             payload = {k[len(LIGHTNING_CODEC_PREFIX):]: v for k, v in payload.items()
                        if k.startswith(LIGHTNING_CODEC_PREFIX)}
     if not isinstance(payload, dict) or not all(isinstance(v, Tensor) for v in payload.values()):
-        raise ValueError(f"codec checkpoint {path} does not hold a state dict of tensors")
+        raise InvalidInputError(f"codec checkpoint {path} does not hold a state dict of tensors")
     return payload
 
 
@@ -145,7 +147,7 @@ def load_codec_weights(codec: nn.Module, path: str | Path) -> None:
     wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs codec {tuple(own[k].shape)}"
                    for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
     if missing or unexpected or wrong_shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"codec checkpoint {path} does not match {type(codec).__name__}: "
             f"missing keys {_short(missing)}; unexpected keys {_short(unexpected)}; shape mismatches {wrong_shape}"
         )
@@ -169,7 +171,8 @@ def saved_config(path: str | Path) -> tuple[dict[str, Any] | None, str]:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several unrelated types for a bad file
-            raise ValueError(f"codec checkpoint {path} is not a torch weights file: {err}") from err
+            raise InvalidInputError(f"codec checkpoint {path} is not a torch weights file: "
+                                    f"{type(err).__name__}") from err
         record = payload.get(CHECKPOINT_CONFIG_KEY) if isinstance(payload, dict) else None
         if isinstance(record, dict):
             return record, f"the '{CHECKPOINT_CONFIG_KEY}' entry of {path}"
@@ -182,13 +185,13 @@ def _check_config(codec: nn.Module, path: str | Path) -> None:
         return
     own = codec_config(codec)
     if record.get("class_path") != own["class_path"]:
-        raise ValueError(f"codec checkpoint {path} was saved from {record.get('class_path')}, "
+        raise InvalidInputError(f"codec checkpoint {path} was saved from {record.get('class_path')}, "
                          f"not {own['class_path']} (see {where})")
     saved, built = record.get("init_args", {}), own["init_args"]
     differ = [f"{k}: saved {saved.get(k)!r}, built {built.get(k)!r}"
               for k in sorted(set(saved) | set(built)) if _normal(saved.get(k)) != _normal(built.get(k))]
     if differ:
-        raise ValueError(f"codec checkpoint {path} was saved with other init_args than this codec was built "
+        raise InvalidInputError(f"codec checkpoint {path} was saved with other init_args than this codec was built "
                          f"with: {differ}; set them as in {where}")
 
 
@@ -219,7 +222,7 @@ def load_codec(path: str | Path) -> nn.Module:
     """
     record, _ = saved_config(path)
     if record is None:
-        raise FileNotFoundError(f"{config_path(path)} (the codec's config record written by save_codec) is missing"
+        raise MissingInputError(f"{config_path(path)} (the codec's config record written by save_codec) is missing"
                                 + (f" and {path} holds no '{CHECKPOINT_CONFIG_KEY}'" if Path(path).suffix == ".ckpt"
                                    else ""))
     codec = build_codec(record)

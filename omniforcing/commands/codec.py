@@ -21,6 +21,7 @@ from omniforcing.codecs.checkpoint import config_path, load_codec, save_codec
 from omniforcing.codecs.normalization import NormalizedAudioCodec, NormalizedVideoCodec
 from omniforcing.data.latent_shards import encode_latent_shards, iter_window_batches, plan_windows
 from omniforcing.data.shards import iter_tar_samples, resolve_shards
+from omniforcing.errors import InvalidInputError, MissingInputError
 from omniforcing.inference.export import instantiate
 from omniforcing.types import ClipSpec
 
@@ -38,26 +39,37 @@ def open_codec(spec: str) -> nn.Module:
     * a class path such as ``omniforcing.codecs.MelAudioCodec`` (that codec with its defaults).
 
     Raises:
-        FileNotFoundError: ``spec`` is neither an existing file nor a class path.
-        ValueError: the file or class is not a codec.
+        MissingInputError: ``spec`` is neither an existing file nor a class path.
+        InvalidInputError: the file or class is not a codec.
     """
     path = Path(spec)
     if path.suffix in WEIGHT_SUFFIXES:
         if not path.is_file():
-            raise FileNotFoundError(f"--codec {spec}: no such file")
+            raise MissingInputError(f"--codec {spec}: no such file")
         return load_codec(path)
-    if path.suffix in CONFIG_SUFFIXES and path.is_file():
+    if path.suffix in CONFIG_SUFFIXES and not path.is_file():
+        raise MissingInputError(f"--codec {spec}: no such file")
+    if path.suffix in CONFIG_SUFFIXES:
         config = yaml.safe_load(path.read_text())
         weights = path.with_suffix(".safetensors")
         if path.suffix == ".json" and weights.is_file() and config_path(weights) == path:
             return load_codec(weights)  # the record save_codec wrote beside its weights
         tree = config.get("model", {}).get("init_args", {}).get("codec", config) if isinstance(config, dict) else None
         if not (isinstance(tree, dict) and "class_path" in tree):
-            raise ValueError(f"{path} holds no codec config (a class_path tree at the top or at model.init_args.codec)")
+            raise InvalidInputError(f"{path} holds no codec config (a class_path tree at the top or at "
+                                    "model.init_args.codec)")
         return instantiate(tree).eval()
     if "." in spec and not path.exists() and "/" not in spec:
         return instantiate({"class_path": spec}).eval()
-    raise FileNotFoundError(f"--codec {spec}: no such codec file (.safetensors, .ckpt, .yaml, .json) or class path")
+    raise MissingInputError(f"--codec {spec}: no such codec file (.safetensors, .ckpt, .yaml, .json) or class "
+                            "path")
+
+
+def safetensors_path(out: Path) -> Path:
+    """``--out`` of a codec file, which ``save_codec`` writes as safetensors."""
+    if Path(out).suffix != ".safetensors":
+        raise InvalidInputError(f"--out {out}: a codec is saved as safetensors; give a path ending in .safetensors")
+    return Path(out)
 
 
 def clip_geometry(codec: nn.Module, shards: list[str], seconds: int) -> ClipSpec:
@@ -96,8 +108,9 @@ def encode(*, source: str, codec: str, out: Path, seconds: int = 2, stride_secon
     """
     model = open_codec(codec)
     if not isinstance(model, AVCodec):
-        raise ValueError(f"--codec {codec} is a {type(model).__name__}; encoding needs an AVCodec (video and audio), "
-                         "e.g. a config like recipes/latents/learned.yaml whose codecs point at your checkpoints")
+        raise InvalidInputError(f"--codec {codec} is a {type(model).__name__}; encoding needs an AVCodec (video and "
+                                "audio), e.g. a config like recipes/latents/learned.yaml whose codecs point at your "
+                                "checkpoints")
     manifest = encode_latent_shards(model, resolve_shards(source), out, seconds, stride_seconds, shard_size,
                                     batch_size, dtype, device)
     print(f"encoded {manifest['samples']} windows of {seconds} s into {len(manifest['shards'])} shards in {out} "
@@ -127,12 +140,12 @@ def codec_stats(shards: str, *, codec: str, out: Path, seconds: int = 2, max_win
         max_windows: windows used at most.
         batch_size: windows encoded at once.
     """
-    out = Path(out)
+    out = safetensors_path(out)
     model = open_codec(codec)
     parts = [model.video, model.audio] if isinstance(model, AVCodec) else [model]
     for part in parts:
         if not isinstance(part, (NormalizedVideoCodec, NormalizedAudioCodec)):
-            raise ValueError(f"{type(part).__name__} has no latent normalisation to fit")
+            raise InvalidInputError(f"{type(part).__name__} has no latent normalisation to fit")
     files = resolve_shards(shards)
     spec = clip_geometry(model, files, seconds)
     windows, skipped = plan_windows(files, seconds, seconds, spec.fps, spec.sample_rate, spec.size)
@@ -141,7 +154,7 @@ def codec_stats(shards: str, *, codec: str, out: Path, seconds: int = 2, max_win
         for store, part in zip(raw, parts, strict=True):
             store.append(part.encode_raw(video if isinstance(part, VideoCodec) else audio))
     if not raw[0]:
-        raise RuntimeError(f"no usable window of {seconds} s in {shards}: {'; '.join(skipped[:5])}")
+        raise InvalidInputError(f"no usable window of {seconds} s in {shards}: {'; '.join(skipped[:5])}")
     for store, part in zip(raw, parts, strict=True):
         part.normalizer.fit(store)
         normalised = part.normalizer.normalize(torch.cat(store)).movedim(2, -1).flatten(0, -2)
@@ -167,6 +180,7 @@ def export_codec(*, checkpoint: Path, out: Path, dtype: Literal["float32", "bflo
         out: the ``.safetensors`` file to write.
         dtype: storage type of the weights.
     """
+    out = safetensors_path(out)
     model = open_codec(str(checkpoint))
     for parameter in model.parameters():
         parameter.data = parameter.data.to(getattr(torch, dtype))

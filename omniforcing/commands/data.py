@@ -8,7 +8,16 @@ from pathlib import Path
 from omniforcing.data.inspection import format_summary, inspect_shards
 from omniforcing.data.packing import pack_folder
 from omniforcing.data.synthetic import SceneSettings, write_synthetic_shards
+from omniforcing.errors import InvalidInputError, check_positive
 from omniforcing.types import ClipSpec
+
+
+def clip_spec(seconds: int, fps: int, sample_rate: int, size: int) -> ClipSpec:
+    """The clip geometry of the flags; a combination :class:`ClipSpec` refuses is an ``InvalidInputError``."""
+    try:
+        return ClipSpec(seconds=seconds, fps=fps, sample_rate=sample_rate, size=size)
+    except ValueError as error:
+        raise InvalidInputError(str(error)) from error
 
 
 def synth(*, out: Path, clips: int, seconds: int, seed: int = 0, shard_size: int = 100, fps: int = 24, size: int = 32,
@@ -37,8 +46,13 @@ def synth(*, out: Path, clips: int, seconds: int, seed: int = 0, shard_size: int
         object_collisions: objects bounce off each other too.
         workers: worker processes (default: chosen from the number of clips; 0 = none).
     """
-    spec = ClipSpec(seconds=seconds, fps=fps, sample_rate=sample_rate, size=size)
-    scene = SceneSettings(min_objects, max_objects, fixed_size, background_sound, plain_background, object_collisions)
+    check_positive(clips=clips, seconds=seconds, shard_size=shard_size, fps=fps, size=size, sample_rate=sample_rate)
+    spec = clip_spec(seconds, fps, sample_rate, size)
+    try:
+        scene = SceneSettings(min_objects, max_objects, fixed_size, background_sound, plain_background,
+                              object_collisions)
+    except ValueError as error:  # object counts out of range
+        raise InvalidInputError(f"--min-objects/--max-objects: {error}") from error
     manifest = write_synthetic_shards(out, clips, spec, seed, shard_size, scene, workers)
     print(f"wrote {manifest['samples']} clips of {spec.duration:.3f} s in {len(manifest['shards'])} shards to {out}")
 
@@ -48,7 +62,8 @@ def pack(src: Path, *, out: Path, seconds: int = 2, fps: int = 24, sample_rate: 
     """Cut every media file under SRC into clips, convert rates and size, and write WebDataset shards.
 
     Captions come from a sidecar ``NAME.txt`` or ``NAME.json`` (key ``caption``) beside each file, else from
-    the file name. Files without audio, undecodable or too short files are skipped and listed.
+    the file name. Files without audio, undecodable or too short files are skipped and listed. A folder without
+    media files, or one where every file is skipped, is an error (exit code 2) and writes nothing.
 
     Args:
         src: folder of media files (mp4, mov, mkv, webm, avi), searched recursively.
@@ -61,7 +76,8 @@ def pack(src: Path, *, out: Path, seconds: int = 2, fps: int = 24, sample_rate: 
         workers: worker processes (default: chosen from the number of files; 0 = none).
     """
     logging.getLogger("omniforcing.data.packing").setLevel(logging.ERROR)  # skips are listed in the summary below
-    spec = ClipSpec(seconds=seconds, fps=fps, sample_rate=sample_rate, size=size)
+    check_positive(seconds=seconds, fps=fps, sample_rate=sample_rate, size=size, shard_size=shard_size)
+    spec = clip_spec(seconds, fps, sample_rate, size)
     report = pack_folder(src, out, spec, shard_size, workers)
     print(f"packed {report.clips} clips from {report.files - len(report.skipped)} of {report.files} files "
           f"into {len(report.shards)} shards in {out}")

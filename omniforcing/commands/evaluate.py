@@ -29,6 +29,7 @@ from omniforcing.callbacks.evaluation import datamodule_description, log_generat
 from omniforcing.codecs.base import AVCodec
 from omniforcing.commands.generate import resolve_device
 from omniforcing.data.pipeline import SkipCounter
+from omniforcing.errors import InvalidInputError, MissingInputError, UserError
 from omniforcing.inference.clips import GeneratedClips
 from omniforcing.inference.export import instantiate, load_model
 from omniforcing.inference.generation import generate_teacher_clips
@@ -120,14 +121,14 @@ def evaluate(
     settings = dict(i3d_path=i3d_path, vggish_path=vggish_path)
     if watch is not None:
         if fake is not None:
-            raise SystemExit("--watch generates its own clips; do not pass --fake")
+            raise UserError("--watch generates its own clips; do not pass --fake")
         watcher = RunWatcher(names, settings, reference=real, cache_dir=cache_dir or Path(watch) / "metric_cache",
                              seconds=seconds, max_clips=max_clips or 256, batch_size=batch_size, prompts=prompts,
                              clips=clips, seed=seed, steps=steps, device=resolve_device(device))
         watcher.watch(Path(watch), interval=interval, settle=settle, once=once)
         return
     if real is None or fake is None:
-        raise SystemExit("give --real SHARDS and --fake DIR_OR_SHARDS, or --watch RUN_DIR")
+        raise UserError("give --real SHARDS and --fake DIR_OR_SHARDS, or --watch RUN_DIR")
     if per_window is not None:
         result = evaluate_per_window(real, fake, names, settings, window_seconds=per_window, max_clips=max_clips,
                                      batch_size=batch_size, cache_dir=cache_dir, device=resolve_device(device),
@@ -244,10 +245,10 @@ class RunEvaluator:
     def _data_config(self) -> dict[str, Any]:
         config_file = self.run_dir / "config.yaml"
         if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file} is missing: pass --real SHARDS as the reference set")
+            raise MissingInputError(f"{config_file} is missing: pass --real SHARDS as the reference set")
         data = (yaml.safe_load(config_file.read_text()) or {}).get("data")
         if not isinstance(data, dict) or "class_path" not in data:
-            raise ValueError(f"{config_file} has no data section: pass --real SHARDS as the reference set")
+            raise InvalidInputError(f"{config_file} has no data section: pass --real SHARDS as the reference set")
         return data
 
     def _prepare_reference(self) -> tuple[ClipSpec, list[str]]:
@@ -276,7 +277,7 @@ class RunEvaluator:
         if counter.skipped:
             log.warning("reference set of %s: %s", self.run_dir, counter.summary())
         if not captions:
-            raise ValueError(f"no reference clips (and no --prompts) for {self.run_dir}")
+            raise InvalidInputError(f"no reference clips (and no --prompts) for {self.run_dir}")
         return spec, captions
 
     def evaluate(self, checkpoint: Path, step: int) -> dict[str, float]:

@@ -20,6 +20,7 @@ from typing import Literal, TextIO
 import torch
 
 from omniforcing.data.media import StreamingMp4Writer, write_mp4
+from omniforcing.errors import InvalidInputError, MissingInputError, UserError, check_positive
 from omniforcing.inference.export import CONFIG_NAME, load_model
 from omniforcing.inference.generation import generate_teacher_clips
 from omniforcing.inference.raw_stream import AudioFormat, RawStreamHeader, RawStreamWriter
@@ -51,7 +52,7 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     """The model path for ``--checkpoint``: an existing path as given, else the reference model of that name.
 
     Raises:
-        FileNotFoundError: neither a path nor a reference name; the message lists the available names.
+        MissingInputError: neither a path nor a reference name; the message lists the available names.
     """
     path = Path(checkpoint)
     if path.exists():
@@ -61,14 +62,21 @@ def resolve_checkpoint(checkpoint: str) -> Path:
         return root / checkpoint
     names = reference_names(root)
     available = ", ".join(names) if names else "none yet"
-    raise FileNotFoundError(f"--checkpoint {checkpoint!r} is neither a .ckpt file or exported folder nor a "
+    raise MissingInputError(f"--checkpoint {checkpoint!r} is neither a .ckpt file or exported folder nor a "
                             f"reference model in {root} (available: {available})")
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                        ("cpu" if device == "auto" else device))
+    """``auto`` -> CUDA when available, else CPU; a device that does not exist here is an ``InvalidInputError``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise InvalidInputError(f"--device {device!r} is not a device (auto, cpu, cuda, cuda:N)") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"--device {device}: no CUDA device is available here")
+    return resolved
 
 
 def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
@@ -138,7 +146,9 @@ def generate(
             (worth it on CPUs with bf16 matrix units such as AMX). The codec always decodes in float32.
     """
     if out is None and raw is None:
-        raise SystemExit("give --out FILE.mp4, --raw PATH (or -), or both")
+        raise UserError("give --out FILE.mp4, --raw PATH (or -), or both")
+    check_positive(seconds=seconds, steps=steps, window=window, video_steps=video_steps, audio_steps=audio_steps,
+                   audio_window=audio_window, threads=threads)
     if threads is not None:
         torch.set_num_threads(threads)
     target = resolve_device(device)
@@ -146,7 +156,7 @@ def generate(
     network.to(resolve_dtype(dtype, target))
     if not network.causal:
         if out is None:
-            raise SystemExit("a bidirectional model writes an mp4: give --out")
+            raise UserError("a bidirectional model writes an mp4: give --out")
         _generate_whole_clip(network, codec, config, prompt, seconds, out, steps, window, cfg, audio_cfg, seed)
         return
     settings = settings_from_config(
@@ -167,7 +177,7 @@ def _generate_whole_clip(network, codec, config, prompt: str, seconds: int, out:
                                    audio_cfg if audio_cfg is not None else cfg)
     elapsed = time.perf_counter() - start
     if clips.video is None:
-        raise SystemExit("this model generates audio only; an mp4 needs a video stream")
+        raise UserError("this model generates audio only; an mp4 needs a video stream")
     # yuv420p: the pixel format every player decodes (shards use 4:4:4 for fidelity, see docs/data.md)
     write_mp4(out, clips.video[0].numpy(), clips.fps, None if clips.audio is None else clips.audio[0].numpy(),
               clips.sample_rate, pixel_format="yuv420p")
@@ -179,7 +189,7 @@ def _stream(generator: StreamingGenerator, prompt: str, seconds: int, seed: int,
     settings, codec = generator.settings, generator.codec
     has_video, has_audio = settings.modality != "audio", settings.modality != "video"
     if out is not None and not has_video:
-        raise SystemExit("this model generates audio only; an mp4 needs a video stream (use --raw)")
+        raise UserError("this model generates audio only; an mp4 needs a video stream (use --raw)")
     log: TextIO = sys.stderr if raw == "-" else sys.stdout
     raw_file = None if raw is None else (sys.stdout.buffer if raw == "-" else open(raw, "wb"))  # noqa: SIM115
     height, width = codec.video.size if has_video else (0, 0)

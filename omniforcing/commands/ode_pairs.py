@@ -30,6 +30,7 @@ from omniforcing.data.ode_pairs import (
 )
 from omniforcing.data.pipeline import stream_seed
 from omniforcing.data.synthetic import SceneSettings, clip_rng, make_caption, sample_objects
+from omniforcing.errors import InvalidInputError, MissingInputError, check_positive
 from omniforcing.inference.clips import latent_noise
 from omniforcing.inference.export import load_model
 from omniforcing.inference.generation import method_arg, modalities
@@ -48,9 +49,11 @@ def caption_source(captions: Path | None, seed: int, scene: SceneSettings) -> tu
     """``(index -> caption, description)`` for the manifest."""
     if captions is None:
         return (lambda index: synthetic_caption(seed, index, scene)), f"synthetic seed={seed} scene={asdict(scene)}"
+    if not Path(captions).is_file():
+        raise MissingInputError(f"--captions {captions}: no such file")
     lines = [line.strip() for line in Path(captions).read_text().splitlines() if line.strip()]
     if not lines:
-        raise ValueError(f"no captions in {captions}")
+        raise InvalidInputError(f"no captions in {captions}")
     return (lambda index: lines[index % len(lines)]), f"file {captions} ({len(lines)} lines)"
 
 
@@ -112,6 +115,7 @@ def ode_pairs(*, teacher: str, out: Path, count: int, seconds: int = 1, steps: i
         background_sound: synthetic captions: scenes with a background hum.
         device: ``auto``, ``cpu`` or ``cuda``.
     """
+    check_positive(count=count, seconds=seconds, steps=steps, shard_size=shard_size, batch_size=batch_size)
     resolved = resolve_device(device)
     network, codec, config = load_model(teacher, resolved)
     times = DEFAULT_STUDENT_TIMES if student_times is None else student_times

@@ -46,6 +46,7 @@ from omniforcing.codecs.checkpoint import codec_config
 from omniforcing.data.decoding import AUDIO_LATENTS, VIDEO_LATENTS, BadSampleError, decode_media, parse_metadata
 from omniforcing.data.media import MediaError, read_av
 from omniforcing.data.shards import MANIFEST_NAME, SHARD_NAME, iter_tar_samples, json_bytes, sample_key
+from omniforcing.errors import InvalidInputError
 from omniforcing.types import AUDIO_LATENT_RATE, ClipSpec
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ def check_resume(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     manifest = json.loads(path.read_text())
     differ = [f"{k}: earlier {manifest.get(k)!r}, now {v!r}" for k, v in settings.items() if manifest.get(k) != v]
     if differ:
-        raise ValueError(f"{out} holds latent shards written with other settings ({'; '.join(differ)}); "
+        raise InvalidInputError(f"{out} holds latent shards written with other settings ({'; '.join(differ)}); "
                          "use another --out folder or delete it")
     return manifest
 
@@ -266,8 +267,9 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
         The manifest written to ``out/dataset.json``.
 
     Raises:
-        RuntimeError: no sample of the input gives a window, or no window could be decoded.
-        ValueError: ``out`` holds shards of a run with other settings.
+        InvalidInputError: no sample of the input gives a window, or ``out`` holds shards of a run with other
+            settings.
+        RuntimeError: no window could be decoded.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,7 +277,7 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
     spec = ClipSpec(seconds, codec.video.fps, codec.audio.sample_rate, codec.video.size[0])
     windows, skipped = plan_windows(shards, seconds, stride_seconds, spec.fps, spec.sample_rate, spec.size)
     if not windows:
-        raise RuntimeError(f"no window of {seconds} s in {len(shards)} shards: {'; '.join(skipped[:5])}")
+        raise InvalidInputError(f"no window of {seconds} s in {len(shards)} shards: {'; '.join(skipped[:5])}")
     settings = {"kind": "latents", "sources": [str(Path(s).resolve()) for s in shards], "windows": len(windows),
                 "seconds": seconds, "stride_seconds": stride_seconds, "shard_size": shard_size, "dtype": dtype,
                 "fps": spec.fps, "sample_rate": spec.sample_rate, "size": spec.size,
@@ -348,7 +350,7 @@ def check_latent_shards(shards: list[str], spec: ClipSpec, video_latent_rate: in
     media shards are passed over unless ``require_latents``.
 
     Raises:
-        ValueError: naming the folder and every difference (for another codec: the differing init args, or
+        InvalidInputError: naming the folder and every difference (for another codec: the differing init args, or
             that the weights/statistics differ).
     """
     model_codec = None if codec is None else (codec_config(codec), codec_fingerprint(codec))
@@ -358,7 +360,7 @@ def check_latent_shards(shards: list[str], spec: ClipSpec, video_latent_rate: in
         is_latent, record = (True, manifest) if manifest else first_sample_record(first)
         if not is_latent:
             if require_latents:
-                raise ValueError(f"{folder} holds media shards, not latents (latents: true); pre-encode them with "
+                raise InvalidInputError(f"{folder} holds media shards, not latents (latents: true); pre-encode them with "
                                  "`omniforcing data encode` or set data.init_args.latents: false")
             continue
         problems = [f"{name} {record[name]} != the clip's {want}"
@@ -371,7 +373,7 @@ def check_latent_shards(shards: list[str], spec: ClipSpec, video_latent_rate: in
         if model_codec is not None:
             problems += codec_problems(record, *model_codec)
         if problems:
-            raise ValueError(f"latent shards in {folder} do not fit this run: " + "; ".join(problems))
+            raise InvalidInputError(f"latent shards in {folder} do not fit this run: " + "; ".join(problems))
 
 
 def codec_problems(record: dict[str, Any], config: dict[str, Any], fingerprint: str) -> list[str]:

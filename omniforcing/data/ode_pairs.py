@@ -44,6 +44,7 @@ from omniforcing.data.shards import (
     shard_samples,
     write_manifest,
 )
+from omniforcing.errors import InvalidInputError
 from omniforcing.types import AVLatents
 
 VIDEO_STATES = "video_states.npy"
@@ -197,7 +198,7 @@ def start_manifest(out: str | Path, settings: dict[str, Any]) -> None:
     """Record the settings of a pair folder, or check that a rerun uses the same ones.
 
     Raises:
-        ValueError: the folder holds pairs made with different settings (resuming would mix datasets).
+        InvalidInputError: the folder holds pairs made with different settings (resuming would mix datasets).
     """
     path = Path(out) / MANIFEST_NAME
     if path.is_file():
@@ -206,7 +207,7 @@ def start_manifest(out: str | Path, settings: dict[str, Any]) -> None:
                            if k not in ("complete", "shards", "kind") and old.get(k) != settings.get(k))
         if differing:
             details = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differing)
-            raise ValueError(f"{out} holds ODE pairs made with other settings ({details}); use a new folder")
+            raise InvalidInputError(f"{out} holds ODE pairs made with other settings ({details}); use a new folder")
     Path(out).mkdir(parents=True, exist_ok=True)
     write_manifest(out, {**settings, "kind": PAIRS_KIND, "complete": False})
 

@@ -37,6 +37,7 @@ from omniforcing.data.media import (
 )
 from omniforcing.data.parallel import default_workers, map_ordered
 from omniforcing.data.shards import ShardSink, json_bytes, sample_key, write_manifest
+from omniforcing.errors import InvalidInputError, MissingInputError
 from omniforcing.types import ClipSpec
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def find_media(src: str | Path) -> list[Path]:
     if root.is_file():
         return [root]
     if not root.is_dir():
-        raise FileNotFoundError(f"source folder {root} does not exist")
+        raise MissingInputError(f"source folder {root} does not exist")
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
 
 
@@ -162,12 +163,20 @@ def pack_folder(src: str | Path, out: str | Path, spec: ClipSpec, shard_size: in
 
     Returns:
         The report with the skipped files and their reasons.
+
+    Raises:
+        MissingInputError: ``src`` does not exist.
+        InvalidInputError: ``src`` holds no media file, or no file gave a clip (nothing is written then, not
+            even ``dataset.json``).
     """
     root = Path(src)
     files = find_media(root)
+    if not files:
+        raise InvalidInputError(f"no media files ({' '.join(MEDIA_SUFFIXES)}) under {root}")
     workers = default_workers(len(files), per_worker=2) if workers is None else workers
     report = PackReport(files=len(files))
     work = partial(pack_file, root=root if root.is_dir() else root.parent, spec=spec)
+    out_existed = Path(out).exists()
     with ShardSink(out, shard_size) as sink:
         for result in tqdm(map_ordered(work, files, workers), total=len(files), disable=not progress, desc="pack",
                            unit="file"):
@@ -177,6 +186,12 @@ def pack_folder(src: str | Path, out: str | Path, spec: ClipSpec, shard_size: in
             for members in result.clips:
                 sink.write(sample_key(sink.count), members)
     report.clips, report.shards = sink.count, sink.shards
+    if not report.clips:
+        if not out_existed:
+            Path(out).rmdir()  # made by the sink, still empty
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in report.skipped[:3])
+        raise InvalidInputError(f"no clip packed from {root}: all {len(files)} media files were skipped ({reasons}"
+                                f"{' ...' if len(report.skipped) > 3 else ''})")
     manifest: dict[str, Any] = {"kind": "packed", "source": str(root), "samples": sink.count, "shards": sink.shards,
                                 "files": len(files), "skipped": [list(s) for s in report.skipped],
                                 "seconds": spec.seconds, "fps": spec.fps, "sample_rate": spec.sample_rate,

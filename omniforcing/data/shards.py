@@ -19,6 +19,8 @@ from typing import Any, BinaryIO
 import braceexpand
 import webdataset as wds
 
+from omniforcing.errors import MissingInputError
+
 SHARD_NAME = "shard-{:06d}.tar"
 MANIFEST_NAME = "dataset.json"
 
@@ -96,7 +98,7 @@ def resolve_shards(spec: str) -> list[str]:
         The shard paths in order.
 
     Raises:
-        FileNotFoundError: a part of ``spec`` matches no existing file.
+        MissingInputError: a part of ``spec`` matches no existing file (a ``FileNotFoundError``).
     """
     paths: list[str] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
@@ -107,7 +109,7 @@ def resolve_shards(spec: str) -> list[str]:
         else:
             found = [p for p in braceexpand.braceexpand(part) if Path(p).is_file()]
         if not found:
-            raise FileNotFoundError(f"no shard files match {part!r}")
+            raise MissingInputError(f"no shard files match {part!r}")
         paths += found
     return paths
 

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from omniforcing.codecs.base import AVCodec
+from omniforcing.errors import InvalidInputError, MissingInputError
 from omniforcing.inference.checkpoints import network_state_from_checkpoint
 
 ALLOWED_PREFIXES = ("omniforcing.", "torch.")
@@ -25,11 +26,12 @@ CONFIG_NAME, NETWORK_NAME, CODEC_NAME = "config.json", "network.safetensors", "c
 
 
 def check_class_paths(tree: Any, where: str = "config") -> None:
-    """Raise ``ValueError`` if any ``class_path`` in ``tree`` lies outside the allow-list."""
+    """Raise :class:`~omniforcing.errors.InvalidInputError` (a ``ValueError``) if any ``class_path`` in ``tree``
+    lies outside the allow-list."""
     if isinstance(tree, dict):
         path = tree.get("class_path")
         if path is not None and not str(path).startswith(ALLOWED_PREFIXES):
-            raise ValueError(f"{where}: refusing to instantiate '{path}' (allowed: {', '.join(ALLOWED_PREFIXES)})")
+            raise InvalidInputError(f"{where}: refusing to instantiate '{path}' (allowed: {', '.join(ALLOWED_PREFIXES)})")
         for key, value in tree.items():
             check_class_paths(value, f"{where}.{key}")
     elif isinstance(tree, list):
@@ -43,7 +45,7 @@ def instantiate(config: dict[str, Any], base: type = nn.Module) -> Any:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(base, "obj", required=True)
     parsed = parser.parse_object({"obj": config})
-    return parser.instantiate_classes(parsed).obj
+    return parser.instantiate(parsed).obj
 
 
 def _contiguous(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -74,7 +76,7 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple
     """Rebuild ``(network, codec, config)`` from an exported folder; weights are cast to float32."""
     folder = Path(path)
     if not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{folder} is not an exported model (no {CONFIG_NAME})")
+        raise MissingInputError(f"{folder} is not an exported model (no {CONFIG_NAME})")
     config = json.loads((folder / CONFIG_NAME).read_text())
     network = instantiate(config["network"])
     codec = instantiate(config["codec"], AVCodec)
@@ -104,10 +106,14 @@ def model_from_checkpoint(checkpoint: str | Path, use_ema: bool = True) -> tuple
     The checkpoint's hyperparameters (the config tree LightningCLI saved) give the network and codec classes;
     its weights are read with ``weights_only=True``; EMA weights are used when present and ``use_ema``.
     """
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    hparams = dict(ckpt.get("hyper_parameters", {}))
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several unrelated types for a file that is not a checkpoint
+        raise InvalidInputError(f"{checkpoint} is not a readable checkpoint: {type(error).__name__}") from error
+    hparams = dict(ckpt.get("hyper_parameters", {})) if isinstance(ckpt, dict) else {}
     if "network" not in hparams or "codec" not in hparams:
-        raise ValueError(f"{checkpoint} has no network/codec config: was it trained through `omniforcing fit`?")
+        raise InvalidInputError(f"{checkpoint} has no network/codec config: was it trained through `omniforcing "
+                                "fit`?")
     config = {
         "method": hparams.get("_class_path"),
         "network": hparams["network"],
@@ -139,4 +145,4 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     if path.suffix == ".ckpt" and path.is_file():
         network, codec, config = model_from_checkpoint(path)
         return network.to(device), codec.to(device), config
-    raise FileNotFoundError(f"no exported model folder or .ckpt file at {path}")
+    raise MissingInputError(f"no exported model folder or .ckpt file at {path}")

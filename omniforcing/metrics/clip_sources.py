@@ -45,6 +45,7 @@ from omniforcing.data.media import (
     to_mono,
 )
 from omniforcing.data.pipeline import SkipCounter
+from omniforcing.errors import MissingInputError
 from omniforcing.data.shards import iter_tar_samples, resolve_shards
 from omniforcing.types import AVBatch, ClipInfo, ClipSpec
 
@@ -80,10 +81,10 @@ def media_files(source: str | Path) -> list[Path]:
     if root.is_file():
         return [root]
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is neither a media file nor a folder")
+        raise MissingInputError(f"{root} is neither a media file nor a folder")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no media files ({', '.join(MEDIA_SUFFIXES)}) under {root}")
+        raise MissingInputError(f"no media files ({', '.join(MEDIA_SUFFIXES)}) under {root}")
     return files
 
 

@@ -3,6 +3,7 @@ and a teacher trained on the encoded latent shards with ``-c recipes/data/latent
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +18,7 @@ from omniforcing.data.shards import resolve_shards
 from omniforcing.data.synthetic import SceneSettings, write_synthetic_shards
 from omniforcing.training.codec import CodecLitModule
 from omniforcing.types import ClipSpec
+from user_errors import user_error
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
@@ -58,14 +60,14 @@ def test_data_encode_with_a_recipe_and_train_a_teacher_on_the_latents(media_shar
     assert list(run.glob("teacher_joint/version_0/checkpoints/last.ckpt"))
 
 
-def test_teacher_refuses_latents_of_another_codec(media_shards, tmp_path):
+def test_teacher_refuses_latents_of_another_codec(media_shards, tmp_path, capsys):
     out = tmp_path / "latents"
     main(["data", "encode", "--in", str(media_shards), "--codec", str(RECIPES / "latents/patch.yaml"), "--out", str(out),
           "--seconds", "1"])
-    with pytest.raises(ValueError, match=r"another codec.*video\.class_path: shards .*PatchVideoCodec"):
-        main(["fit", *recipe_args("base.yaml", "data/latents.yaml", "teacher/joint.yaml", "latents/learned.yaml",
-                                  "model/tiny.yaml"),
-              *tiny_teacher_overrides(out, tmp_path / "runs")])
+    message = user_error(capsys, ["fit", *recipe_args("base.yaml", "data/latents.yaml", "teacher/joint.yaml",
+                                                      "latents/learned.yaml", "model/tiny.yaml"),
+                                  *tiny_teacher_overrides(out, tmp_path / "runs")])
+    assert re.search(r"another codec.*video\.class_path: shards .*PatchVideoCodec", message)
 
 
 def recipe_args(*files: str) -> list[str]:
@@ -121,22 +123,29 @@ def test_codec_export_round_trip(codec_checkpoint, tmp_path, capsys):
     torch.testing.assert_close(load_codec(half).encode(video), exported.encode(video), rtol=0.05, atol=0.05)
 
 
-def test_bad_codec_arguments_give_specific_errors(media_shards, codec_checkpoint, tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.safetensors: no such file"):
-        main(["data", "encode", "--in", str(media_shards), "--codec", str(tmp_path / "missing.safetensors"),
-              "--out", str(tmp_path / "x")])
-    with pytest.raises(ValueError, match="is a PatchVideoCodec; encoding needs an AVCodec"):
-        main(["data", "encode", "--in", str(media_shards), "--codec", "omniforcing.codecs.PatchVideoCodec",
-              "--out", str(tmp_path / "x")])
-    with pytest.raises(FileNotFoundError, match="no shard files match"):
-        main(["data", "encode", "--in", str(tmp_path / "nothing"), "--codec", str(RECIPES / "latents/patch.yaml"),
-              "--out", str(tmp_path / "x")])
-    with pytest.raises(ValueError, match="holds no codec config"):
-        main(["data", "codec-stats", str(media_shards), "--codec", str(RECIPES / "model/tiny.yaml"),
-              "--out", str(tmp_path / "s.safetensors")])
+def test_bad_codec_arguments_give_specific_errors(media_shards, codec_checkpoint, tmp_path, capsys):
+    assert "missing.safetensors: no such file" in user_error(capsys, [
+        "data", "encode", "--in", str(media_shards), "--codec", str(tmp_path / "missing.safetensors"),
+        "--out", str(tmp_path / "x")])
+    assert "missing.yaml: no such file" in user_error(capsys, [
+        "data", "encode", "--in", str(media_shards), "--codec", str(tmp_path / "missing.yaml"),
+        "--out", str(tmp_path / "x")])
+    assert "is a PatchVideoCodec; encoding needs an AVCodec" in user_error(capsys, [
+        "data", "encode", "--in", str(media_shards), "--codec", "omniforcing.codecs.PatchVideoCodec",
+        "--out", str(tmp_path / "x")])
+    assert "no shard files match" in user_error(capsys, [
+        "data", "encode", "--in", str(tmp_path / "nothing"), "--codec", str(RECIPES / "latents/patch.yaml"),
+        "--out", str(tmp_path / "x")])
+    assert "holds no codec config" in user_error(capsys, [
+        "data", "codec-stats", str(media_shards), "--codec", str(RECIPES / "model/tiny.yaml"),
+        "--out", str(tmp_path / "s.safetensors")])
     teacher_like = tmp_path / "teacher.ckpt"
     torch.save({"state_dict": {"network.w": torch.zeros(1)}}, teacher_like)
-    with pytest.raises(FileNotFoundError, match="holds no 'codec_config'"):
-        main(["codec", "export", "--checkpoint", str(teacher_like), "--out", str(tmp_path / "t.safetensors")])
-    with pytest.raises(ValueError, match="ending in .safetensors"):
-        main(["codec", "export", "--checkpoint", str(codec_checkpoint[0]), "--out", str(tmp_path / "t.pt")])
+    assert "holds no 'codec_config'" in user_error(capsys, [
+        "codec", "export", "--checkpoint", str(teacher_like), "--out", str(tmp_path / "t.safetensors")])
+    assert "ending in .safetensors" in user_error(capsys, [
+        "codec", "export", "--checkpoint", str(codec_checkpoint[0]), "--out", str(tmp_path / "t.pt")])
+    unreadable = tmp_path / "unreadable.ckpt"
+    unreadable.write_bytes(b"not a checkpoint")
+    assert "unreadable.ckpt is not a torch weights file" in user_error(capsys, [
+        "codec", "export", "--checkpoint", str(unreadable), "--out", str(tmp_path / "t.safetensors")])

@@ -19,6 +19,7 @@ from omniforcing.data.media import write_mp4
 from omniforcing.data.synthetic import SceneSettings, synthesize_clip
 from omniforcing.models.presets import PRESETS, build_preset
 from omniforcing.types import ClipSpec
+from user_errors import user_error
 
 SCENE = SceneSettings(max_objects=1, fixed_size=True, background_sound=False)
 
@@ -55,9 +56,8 @@ def test_real_shards_vs_mp4_folder_writes_metrics_json(tmp_path, capsys):
     assert "| fd_video_stats |" in printed and "N real 2, N fake 2" in printed
 
 
-def test_evaluate_needs_a_mode():
-    with pytest.raises(SystemExit, match="--real SHARDS and --fake"):
-        main(["evaluate", "--real", "somewhere"])
+def test_evaluate_needs_a_mode(capsys):
+    assert "--real SHARDS and --fake" in user_error(capsys, ["evaluate", "--real", "somewhere"])
 
 
 # ---------------------------------------------------------------------------- --watch

@@ -15,6 +15,7 @@ from omniforcing.data.datamodule import AVDataModule
 from omniforcing.data.decoding import decode_media, parse_metadata, shifted_events
 from omniforcing.data.latent_shards import check_latent_shards, encode_latent_shards
 from omniforcing.data.shards import iter_tar_samples, resolve_shards
+from omniforcing.errors import InvalidInputError
 from omniforcing.types import ClipSpec
 
 WINDOW = ClipSpec(seconds=1)
@@ -136,5 +137,5 @@ def test_clip_longer_than_the_windows_and_media_shards_are_refused(learned_laten
 
 def test_media_of_another_frame_size_gives_no_window(tiny_shards, tmp_path):
     codec = AVCodec(PatchVideoCodec(size=16), MelAudioCodec()).eval()
-    with pytest.raises(RuntimeError, match="no window of 1 s.*size 32 != the codec's 16"):
+    with pytest.raises(InvalidInputError, match="no window of 1 s.*size 32 != the codec's 16"):
         encode_latent_shards(codec, resolve_shards(str(tiny_shards)), tmp_path, seconds=1, progress=False)
