@@ -64,6 +64,8 @@ class StreamingBenchConfig:
         overlap_blocks: blocks per run of the overlap table.
         repeats: alternating runs per model (each keeps its fastest).
         quick: tiny sizes (numbers mean little).
+        compile: run the student's block steps captured (:attr:`StreamingSettings.compile`; ``None``: the
+            engine's default, captured on CUDA and eager elsewhere).
     """
 
     preset: str
@@ -75,14 +77,16 @@ class StreamingBenchConfig:
     overlap_blocks: int
     repeats: int
     quick: bool
+    compile: bool | None = None
 
     @classmethod
-    def make(cls, quick: bool, preset: str | None = None,
-             video_grid: tuple[int, int] | None = None) -> StreamingBenchConfig:
+    def make(cls, quick: bool, preset: str | None = None, video_grid: tuple[int, int] | None = None,
+             compile: bool | None = None) -> StreamingBenchConfig:
         grid = tuple(video_grid or DEFAULT_VIDEO_GRID)
         if quick:
-            return cls(preset or "tiny", grid, 1, 12, 2.0, (1, 2, 4, 8, 12), 3, 1, True)
-        return cls(preset or "small", grid, 10, 120, 10.0, (1, 2, 5, 10, 12, 20, 30, 60, 90, 120), 12, 2, False)
+            return cls(preset or "tiny", grid, 1, 12, 2.0, (1, 2, 4, 8, 12), 3, 1, True, compile)
+        return cls(preset or "small", grid, 10, 120, 10.0, (1, 2, 5, 10, 12, 20, 30, 60, 90, 120), 12, 2, False,
+                   compile)
 
     @property
     def steady_block(self) -> int:
@@ -126,10 +130,11 @@ def bench_models(config: StreamingBenchConfig, device: torch.device,
 
 
 def student_settings(config: StreamingBenchConfig, **overrides: Any) -> StreamingSettings:
-    """How every table samples the student: its 4 few-step times, no guidance, the configured window;
-    ``overrides`` are further :class:`StreamingSettings` fields. The one place that turns the bench's options
-    into streaming settings."""
-    return StreamingSettings(video_times=STUDENT_TIMES, **{"window_seconds": config.window, **overrides})
+    """How every table samples the student: its 4 few-step times, no guidance, the configured window and
+    compile option; ``overrides`` are further :class:`StreamingSettings` fields. The one place that turns the
+    bench's options into streaming settings."""
+    return StreamingSettings(video_times=STUDENT_TIMES, **{"window_seconds": config.window, "compile": config.compile,
+                                                          **overrides})
 
 
 @dataclass
@@ -192,10 +197,11 @@ def teacher_table(student, teacher, codec, config: StreamingBenchConfig, device)
                   ["model", "sampling", "backbone forwards", "generate (s)", "decode (s)", "total (s)",
                    "first media ready (s)", "real-time factor", "video FPS with audio"])
     media = seconds + 1 / codec.video.fps
-    table.add("teacher (bidirectional)", f"{TEACHER_STEPS} Euler steps, CFG {TEACHER_CFG:g}", 2 * TEACHER_STEPS,
+    table.add("teacher (bidirectional)", f"{TEACHER_STEPS} Euler steps, CFG {TEACHER_CFG:g}, eager", 2 * TEACHER_STEPS,
               teacher_run.generate, teacher_run.decode, teacher_total, teacher_total, teacher_total / media,
               student_run.frames / teacher_total)
-    table.add("student (causal, streaming)", "4 few-step steps + commit per block, no CFG", 5 * len(blocks),
+    step = "captured" if StreamingGenerator(student, codec, student_settings(config)).compiled else "eager"
+    table.add("student (causal, streaming)", f"4 few-step steps + commit per block, no CFG, {step}", 5 * len(blocks),
               generate, decode, student_total, blocks[0].ready_seconds, student_total / media,
               student_run.frames / student_total)
     table.notes = ("Teacher forwards run over the whole clip; student forwards over one 1-s block against its KV "
@@ -384,7 +390,7 @@ def warm_up_models(student, teacher, codec, config: StreamingBenchConfig, device
 
 def run_streaming_bench(quick: bool = False, threads: int | None = 1, preset: str | None = None,
                         video_grid: tuple[int, int] | None = None, dtype: ModelDtype = "auto",
-                        on_table: Callable[[Report], None] | None = None) -> Report:
+                        compile: bool | None = None, on_table: Callable[[Report], None] | None = None) -> Report:
     """Run the streaming suite (module docstring); returns a :class:`Report` whose summary carries
     ``speedup_vs_teacher``, ``block_latency_ms``, ``time_to_first_block_s``, ``real_time_factor_student``,
     ``video_fps_with_audio``, ``latency_flatness``, ``utilisation_student`` and ``utilisation_teacher``.
@@ -396,21 +402,24 @@ def run_streaming_bench(quick: bool = False, threads: int | None = 1, preset: st
         preset: model preset (default ``small``; ``tiny`` when ``quick``).
         video_grid: ``(h, w)`` latent tokens per video frame (default 4x4, the shipped codec's).
         dtype: the backbones' dtype; ``auto`` = the one whose measured matmul peak is higher on this device.
+        compile: run the student's block steps captured (``None``: on CUDA, eager elsewhere; see
+            :class:`StreamingBenchConfig`).
         on_table: called with the report after every table (see :meth:`Report.measure`); a table that raises
             is recorded with its error and the next one runs.
     """
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = StreamingBenchConfig.make(quick, preset, video_grid)
+    config = StreamingBenchConfig.make(quick, preset, video_grid, compile)
     peaks = measure_peaks(device, max_size=512 if config.quick else (8192 if device.type == "cuda" else 4096))
     dtype = fastest_dtype(peaks) if dtype == "auto" else getattr(torch, dtype)
     log.info("matmul peaks %s; models run in %s", {dtype_name(k): v for k, v in peaks.items()}, dtype_name(dtype))
     student, teacher, codec = bench_models(config, device, dtype)
     warm_up_models(student, teacher, codec, config, device)
     report = Report("streaming", on_table=on_table)
+    compiled = StreamingGenerator(student, codec, student_settings(config)).compiled
     report.summary.update(dtype=dtype_name(dtype), preset=config.preset, video_grid=config.grid_label,
-                          device=device.type)
+                          device=device.type, compiled=compiled)
     tables: tuple[tuple[str, TableMeasurement], ...] = (
         ("Student streaming vs bidirectional teacher", lambda: teacher_table(student, teacher, codec, config, device)),
         ("Per-block latency vs stream position", lambda: latency_table(student, codec, config, device)),

@@ -149,22 +149,24 @@ def _run_suite(name: str, run: BenchRun, quick: bool, options: dict[str, Any]) -
     run.suite_done(report)
 
 
-def _check_options(names: list[str], preset: str | None, video_grid: str | None,
-                   dtype: ModelDtype) -> dict[str, Any]:
+def _check_options(names: list[str], preset: str | None, video_grid: str | None, dtype: ModelDtype,
+                   compile: bool | None) -> dict[str, Any]:
     """The model options as the suites take them; a user error if one is invalid or no suite takes it."""
     if preset is not None and preset not in PRESETS:
         _fail(f"unknown --preset {preset!r}; choose from {', '.join(PRESETS)}")
     grid = None if video_grid is None else parse_video_grid(video_grid)
     accepted = {p for runner in map(_runner, names) if runner for p in inspect.signature(runner).parameters}
     for flag, value, parameter in (("--preset", preset, "preset"), ("--video-grid", grid, "video_grid"),
-                                   ("--dtype", None if dtype == "auto" else dtype, "dtype")):
+                                   ("--dtype", None if dtype == "auto" else dtype, "dtype"),
+                                   ("--compile", compile, "compile")):
         if value is not None and parameter not in accepted:
             _fail(f"{flag} does not apply to suite {' / '.join(names)}")
-    return {"preset": preset, "video_grid": grid, "dtype": dtype}
+    return {"preset": preset, "video_grid": grid, "dtype": dtype, "compile": compile}
 
 
 def bench(*, suite: Suite = "streaming", out: Path | None = None, quick: bool = False, threads: int | None = 1,
-          preset: str | None = None, video_grid: str | None = None, dtype: ModelDtype = "auto") -> None:
+          preset: str | None = None, video_grid: str | None = None, dtype: ModelDtype = "auto",
+          compile: bool | None = None) -> None:
     """Run benchmark suites, print their tables as markdown and save them as JSON after every table.
 
     Args:
@@ -182,9 +184,11 @@ def bench(*, suite: Suite = "streaming", out: Path | None = None, quick: bool = 
         dtype: the streaming suite's backbone dtype (``auto``: the dtype with the higher measured matmul peak
             on this device; on CPUs with AMX that is bf16 even where small models run faster in fp32, see the
             suite's dtype table).
+        compile: run the streaming suite's student block steps captured (``--compile true``) or eager
+            (``--compile false``); default: captured on CUDA, eager elsewhere, as ``omniforcing generate``.
     """
     names = list(ALL_SUITES) if suite == "all" else [suite]
-    options = {"threads": threads, **_check_options(names, preset, video_grid, dtype)}
+    options = {"threads": threads, **_check_options(names, preset, video_grid, dtype, compile)}
     run = BenchRun(suite, out)
     try:
         with stop_on_sigterm():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from omniforcing.bench.flops import fastest_dtype
-from omniforcing.bench.streaming import StreamingBenchConfig, bench_models
+from omniforcing.bench.streaming import StreamingBenchConfig, bench_models, student_settings
 from omniforcing.bench.timing import DeviceTimer
 from omniforcing.cli import main
 from omniforcing.models.presets import parameter_counts
@@ -71,3 +71,9 @@ def test_streaming_bench_runs_at_a_non_square_video_grid_in_the_requested_dtype(
     summary = json.loads((tmp_path / "b.json").read_text())["summary"]
     assert summary["video_grid"] == "2x3" and summary["preset"] == "tiny" and summary["dtype"] == "float32"
     assert summary["block_latency_ms"] > 0
+
+
+@pytest.mark.parametrize("compile", [True, False, None])
+def test_the_compile_option_reaches_the_student_settings(compile):
+    settings = student_settings(StreamingBenchConfig.make(quick=True, compile=compile), overlap=True)
+    assert settings.compile is compile and settings.overlap and settings.window_seconds == 2.0
