@@ -44,10 +44,11 @@ class LiveServer:
         max_streams: concurrent streams; one more is answered ``503``.
         queue_blocks: encoded blocks a stream may hold for its client before the generator waits.
         stall_seconds: a client that takes nothing for this long is dropped and its slot freed.
-        send_buffer_bytes: kernel send buffer of each stream's socket. Linux grows it to megabytes on its own
-            (about 4 MiB on loopback, measured), which at a small stream's bitrate is minutes of media written
-            before a slow client holds the generator back; fixed, it bounds that backlog. It also caps
-            throughput at about ``send_buffer_bytes / round-trip time`` (256 KiB at 100 ms: 20 Mbit/s).
+        send_buffer_bytes: kernel send buffer of each stream's socket, and the high-water mark of its
+            transport buffer. Linux grows a send buffer to megabytes on its own (about 4 MiB on loopback,
+            measured), which at a small stream's bitrate is minutes of media written before a slow client holds
+            the generator back; fixed, it bounds that backlog. It also caps throughput at about
+            ``send_buffer_bytes / round-trip time`` (256 KiB at 100 ms: 20 Mbit/s).
     """
 
     def __init__(self, generator: StreamingGenerator, max_streams: int = 2, queue_blocks: int = 2,
@@ -142,9 +143,7 @@ class LiveServer:
         response = web.StreamResponse(headers={
             "Content-Type": stream.mime_type, "X-Stream-Id": stream.id, "X-Stream-Number": str(stream.number),
             "Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # nginx: do not buffer this response
-        connection = request.transport.get_extra_info("socket") if request.transport is not None else None
-        if connection is not None:
-            connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
+        self._bound_send_buffers(request)
         await response.prepare(request)
         while chunk is not None:
             if chunk.data:
@@ -157,6 +156,15 @@ class LiveServer:
             chunk = await stream.queue.get()
         await response.write_eof()
         return response
+
+    def _bound_send_buffers(self, request: web.Request) -> None:
+        """Fix the socket's kernel send buffer and the transport's high-water mark at ``send_buffer_bytes``."""
+        if request.transport is None:
+            return
+        request.transport.set_write_buffer_limits(high=self.send_buffer_bytes)
+        connection = request.transport.get_extra_info("socket")
+        if connection is not None:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
 
     def _find(self, request: web.Request) -> LiveStream:
         stream = self.streams.get(request.match_info["id"])
