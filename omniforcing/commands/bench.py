@@ -4,7 +4,8 @@ The JSON (``--out``) is rewritten after every table with ``"status": "running"``
 or a SIGTERM loses nothing already measured. A table that raises is recorded with its error (``failures`` in
 the JSON, "not measured" in the markdown) and the suite goes on with its next table; a suite whose set-up
 raises is recorded the same way and the next suite runs. SIGTERM stops the run within seconds (exit code 143,
-``"status": "interrupted by SIGTERM"``); failures give exit code 1 after everything else has run.
+``"status": "interrupted by SIGTERM"``); failures give exit code 1 after everything else has run. Invalid
+flags are user errors (:class:`~omniforcing.errors.InvalidInputError`: one line, exit code 2).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from omniforcing.bench.flops import ModelDtype
 from omniforcing.bench.report import Report, Table, error_line, release_device_memory
 from omniforcing.bench.signals import BenchInterrupted, stop_on_sigterm
+from omniforcing.errors import InvalidInputError
 from omniforcing.models.presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -47,17 +49,11 @@ SIGTERM_EXIT_CODE = 128 + 15
 """The shell's convention for a process ended by SIGTERM."""
 
 
-def _fail(message: str) -> None:
-    """A user error: one line on stderr, exit code 2."""
-    print(f"omniforcing bench: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def parse_video_grid(text: str) -> tuple[int, int]:
     """``"16x24"`` -> ``(16, 24)``: latent tokens per video frame (height x width)."""
     height, sep, width = text.lower().partition("x")
     if not (sep and height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
-        _fail(f"--video-grid must be HxW with positive integers (e.g. 16x24), got {text!r}")
+        raise InvalidInputError(f"--video-grid must be HxW with positive integers (e.g. 16x24), got {text!r}")
     return int(height), int(width)
 
 
@@ -153,14 +149,14 @@ def _check_options(names: list[str], preset: str | None, video_grid: str | None,
                    compile: bool | None) -> dict[str, Any]:
     """The model options as the suites take them; a user error if one is invalid or no suite takes it."""
     if preset is not None and preset not in PRESETS:
-        _fail(f"unknown --preset {preset!r}; choose from {', '.join(PRESETS)}")
+        raise InvalidInputError(f"unknown --preset {preset!r}; choose from {', '.join(PRESETS)}")
     grid = None if video_grid is None else parse_video_grid(video_grid)
     accepted = {p for runner in map(_runner, names) if runner for p in inspect.signature(runner).parameters}
     for flag, value, parameter in (("--preset", preset, "preset"), ("--video-grid", grid, "video_grid"),
                                    ("--dtype", None if dtype == "auto" else dtype, "dtype"),
                                    ("--compile", compile, "compile")):
         if value is not None and parameter not in accepted:
-            _fail(f"{flag} does not apply to suite {' / '.join(names)}")
+            raise InvalidInputError(f"{flag} does not apply to suite {' / '.join(names)}")
     return {"preset": preset, "video_grid": grid, "dtype": dtype, "compile": compile}
 
 
