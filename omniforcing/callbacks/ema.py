@@ -13,6 +13,7 @@ calls for automatic and manual optimisation alike); steps skipped by gradient ac
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -21,6 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from omniforcing.inference.checkpoints import EMA_STATE_KEY
+
+log = logging.getLogger(__name__)
 
 
 class EMA(L.Callback):
@@ -46,6 +49,7 @@ class EMA(L.Callback):
         self.network_steps = 0  # optimiser steps that updated the tracked network
         self._network_parameters: set[int] = set()
         self._stepped = False  # an optimiser of the tracked network stepped during this batch
+        self._warned = False
         self._swap_context: AbstractContextManager | None = None  # open while validation runs on the EMA weights
 
     def _module(self, pl_module: L.LightningModule) -> nn.Module:
@@ -63,8 +67,12 @@ class EMA(L.Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if not self._stepped:
-            return  # a critic-only batch, or one accumulating gradients
+        if not self._stepped:  # a critic-only batch, or one accumulating gradients
+            if trainer.global_step > 0 and self.network_steps == 0 and not self._warned:
+                self._warned = True  # optimisers stepped, none of them the tracked network's
+                log.warning("EMA: no optimiser step has updated pl_module.%s yet (no optimiser holds its "
+                            "parameters?); the average is not updated", self.target)
+            return
         self._stepped = False
         self.network_steps += 1
         if self.network_steps < self.start_step or self.network_steps % self.update_every:

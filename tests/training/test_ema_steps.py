@@ -85,6 +85,17 @@ def test_mutual_forcing_ema_updates_every_batch(tmp_path):
     assert_shadow_equals(ema, hand_ema(snapshots.states, 0.7))
 
 
+def test_ema_of_a_module_no_optimiser_updates_warns_and_stays_empty(tmp_path, caplog):
+    torch.manual_seed(0)
+    module = TeacherLitModule(DualStreamTransformer(**NETWORK), tiny_codec(), clip=CLIP,
+                              optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    ema = EMA(decay=0.8, target="codec")  # frozen: in no optimiser
+    with caplog.at_level("WARNING", logger="omniforcing.callbacks.ema"):
+        trainer(tmp_path, limit_train_batches=2, callbacks=[ema]).fit(module, captions_only(2))
+    assert ema.num_updates == 0 and not ema.shadow
+    assert sum("no optimiser step has updated pl_module.codec" in r.message for r in caplog.records) == 1
+
+
 def test_ema_state_round_trips_the_step_count():
     ema = EMA(decay=0.9, start_step=3)
     ema.network_steps, ema.num_updates = 7, 5
