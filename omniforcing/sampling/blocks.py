@@ -241,7 +241,11 @@ class BlockGenerator:
         return like.map(lambda m: fresh_noise(m, generator))
 
     def __call__(self, block: int, generator: torch.Generator | None) -> AVLatents:
-        """Generate ``block`` and commit it; returns its clean latents."""
+        """Generate ``block`` and commit it; returns its clean latents.
+
+        ``step`` (possibly captured) runs the streaming case: the few-step loop, committing to the denoiser's own
+        branches. Training (an exit step), the multi-step mode and extra commit branches run :func:`block_step`.
+        """
         draws = self.draw(block, generator)
         if self.exit_step is None and self.euler is None and self.commit_to is None:
             return self.step(self.denoiser, block, draws, self.times, self.step_size, self.context_time)

@@ -21,11 +21,6 @@ from omniforcing.models.text import TextContext
 from omniforcing.types import AVLatents
 
 
-def per_frame_time(t: Tensor, x: AVLatents) -> AVLatents:
-    """Expand a per-clip time ``(B,)`` to per-latent-frame times ``(B, T_m)`` for each present modality."""
-    return x.map(lambda m: t[:, None].to(m.device).expand(m.shape[0], m.shape[1]))
-
-
 def clip_time(t: Tensor, x: AVLatents) -> AVLatents:
     """The same per-clip time ``(B,)`` for each present modality of ``x``."""
     return x.map(lambda _: t)
