@@ -1,0 +1,88 @@
+"""Captured block steps (omniforcing.sampling.capture) equal eager ones, and stop compiling once the window is full.
+
+Tolerances: float32 on CPU, compiled vs eager: 1e-4 absolute (kernel fusion reorders sums; measured ~4e-6).
+bf16 on CUDA (device check): 5e-2 absolute on latents of unit scale (bf16 has 8 bits of mantissa; fused
+attention kernels and CUDA graphs change the summation order).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omniforcing.sampling.blocks import BlockGenerator, block_step
+from omniforcing.sampling.capture import capture_block_step
+from omniforcing.sampling.guidance import GuidedDenoiser
+from omniforcing.sampling.schedule import BlockTimes
+from sampling_networks import tiny_network
+
+WINDOW = 2
+BLOCKS = WINDOW + 4
+
+
+def _stream(network, step, device: str = "cpu", dtype: torch.dtype = torch.float32, recompile_after: int | None = None):
+    """Guided streaming of ``BLOCKS`` blocks with a rolling window; returns every block's x0.
+
+    With ``recompile_after``, a recompilation after that many blocks is an error."""
+    text, null = network.encode_text(["a"]), network.encode_text(["a"], drop=torch.ones(1, dtype=torch.bool))
+    denoiser = GuidedDenoiser(network, text, null, 2.0, 3.0, cache=network.new_cache(1, window_seconds=WINDOW),
+                              null_cache=network.new_cache(1, window_seconds=WINDOW))
+    blocks = BlockGenerator(denoiser, BlockTimes.of([1.0, 0.6, 0.3], [1.0, 0.5]), (4, 2, 2), (3,), step=step,
+                            dtype=dtype)
+    generator = torch.Generator().manual_seed(0)
+    outputs = []
+    with torch.inference_mode():
+        for block in range(BLOCKS):
+            if recompile_after is not None and block == recompile_after:
+                torch._dynamo.config.error_on_recompile = True
+            try:
+                outputs.append(blocks(block, generator))
+            finally:
+                torch._dynamo.config.error_on_recompile = False
+    return outputs
+
+
+def _assert_close(got, want, atol: float) -> None:
+    for g, w in zip(got, want, strict=True):
+        for a, b in ((g.video, w.video), (g.audio, w.audio)):
+            torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=atol)
+
+
+def _captured_equals_eager(backend: str) -> None:
+    torch._dynamo.reset()
+    eager = _stream(tiny_network(causal=True, num_audio_sinks=2, depth=1), block_step)
+    network = tiny_network(causal=True, num_audio_sinks=2, depth=1)
+    captured = _stream(network, capture_block_step(block_step, backend=backend), recompile_after=WINDOW + 1)
+    network.compile_core(False)
+    _assert_close(captured, eager, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_captured_stream_equals_eager_and_stops_compiling_once_the_window_is_full():
+    """Dynamo traces every forward of the block step (graph capture, guards) without generating code; after
+    the window fills no forward compiles again."""
+    _captured_equals_eager("aot_eager")
+
+
+@pytest.mark.slow
+def test_inductor_compiled_stream_equals_eager_on_cpu():
+    _captured_equals_eager("inductor")
+
+
+def test_capture_leaves_networks_eager_until_called():
+    network = tiny_network(causal=True)
+    step = capture_block_step(block_step)
+    assert network._compiled_core is None and callable(step)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_captured_stream_equals_eager_on_cuda():
+    """CUDA graphs (``reduce-overhead``) over the ring buffers in bf16, against eager bf16 on the same device."""
+    torch._dynamo.reset()
+    eager = _stream(tiny_network(causal=True, num_audio_sinks=2).cuda().bfloat16(), block_step, "cuda",
+                    torch.bfloat16)
+    network = tiny_network(causal=True, num_audio_sinks=2).cuda().bfloat16()
+    captured = _stream(network, capture_block_step(block_step), "cuda", torch.bfloat16, recompile_after=WINDOW + 1)
+    network.compile_core(False)
+    _assert_close(captured, eager, atol=5e-2)
