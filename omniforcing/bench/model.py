@@ -75,7 +75,7 @@ def decode_timing(model: DualStreamTransformer, seconds: int, window: float | No
             model(video, audio, inputs[2] * 0, inputs[3] * 0, text, cache=cache, block=block, commit=True)
 
         if block in probes:
-            saved[block] = (cache.snapshot(), inputs)
+            saved[block] = (cache.snapshot(copy=True), inputs)
         timing.block_seconds.append(_timed(decode_block, device))
     timing.tokens = cache.num_tokens()
     for _ in range(rounds):
