@@ -13,6 +13,7 @@ from omniforcing.inference.stream_settings import StreamingSettings
 from omniforcing.diffusion.samplers import fresh_noise
 from omniforcing.inference.streaming import StreamingGenerator, generate_streaming_clips, prefetch
 from omniforcing.sampling.blocks import block_noise, block_shape, block_step, commit_block, denoise_block
+from omniforcing.sampling.capture import CapturedBlockStep
 from omniforcing.sampling.few_step import draw_renoise
 from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.sampling.schedule import BlockTimes
@@ -179,7 +180,8 @@ def test_block_steps_run_eager_on_cpu_unless_asked(make_student):
     assert StreamingSettings().compile is None
     engine = StreamingGenerator(network, codec, StreamingSettings(decode=False))
     assert not engine.compiled and engine.block_step() is block_step
-    assert StreamingGenerator(network, codec, StreamingSettings(compile=True)).compiled
+    captured = StreamingGenerator(network, codec, StreamingSettings(compile=True))
+    assert captured.compiled and isinstance(captured.block_step(), CapturedBlockStep)
 
 
 def test_prefetch_reraises_producer_errors_and_stops_early():
