@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from omniforcing.inference.streaming import StreamingGenerator
+from omniforcing.inference.streaming import Prompt, StreamingGenerator
 
 
 @dataclass
@@ -47,7 +47,7 @@ class SwitchDistance:
         return self.switched_to_new / self.new_to_old
 
 
-def _block_latents(generator: StreamingGenerator, prompt, seconds: int, seed: int) -> list[Tensor]:
+def _block_latents(generator: StreamingGenerator, prompt: Prompt, seconds: int, seed: int) -> list[Tensor]:
     """``(n,)`` flattened clean latents of every block (video and audio concatenated)."""
     return [torch.cat([t.flatten().float() for t in (b.latents.video, b.latents.audio) if t is not None])
             for b in generator.latent_blocks(prompt, seconds, seed)]
@@ -55,7 +55,7 @@ def _block_latents(generator: StreamingGenerator, prompt, seconds: int, seed: in
 
 def prompt_switch_distances(generator: StreamingGenerator, before: str, after: str, switch_block: int,
                             seconds: int, seed: int = 0) -> list[SwitchDistance]:
-    """Per-block distances between streams ``A`` (``before``), ``B`` (switched at ``switch_block``), ``C`` (``after``)."""
+    """Per-block distances of streams ``A`` (``before``), ``B`` (switched at ``switch_block``), ``C`` (``after``)."""
     if not 0 < switch_block < generator.num_blocks(seconds):
         raise ValueError(f"switch_block must be in 1..{generator.num_blocks(seconds) - 1}, got {switch_block}")
     old = _block_latents(generator, before, seconds, seed)
