@@ -21,7 +21,6 @@ from omniforcing.diffusion import (
     velocity_target,
     x0_from_velocity,
 )
-from omniforcing.diffusion.samplers import fresh_noise
 from omniforcing.types import AVLatents
 
 
