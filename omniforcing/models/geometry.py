@@ -93,7 +93,7 @@ class TokenGeometry:
         index = torch.arange(first, first + count, device=device)
         time = torch.cat([torch.zeros(sinks, dtype=torch.float64, device=device),
                           self.grid.audio_spans_of(index).mean(-1)])
-        identity = torch.arange(sinks + count, device=device) < sinks  # explicit identity rotation (ALGORITHMS.md §6.3)
+        identity = torch.arange(sinks + count, device=device) < sinks  # identity rotation (ALGORITHMS.md §6.3)
         if self.sink_rope == "position0":
             identity = torch.zeros_like(identity)  # ablation: sinks rotated at time 0 like the first latent
         tables = self.audio_rope.tables(time[:, None], identity, dtype=dtype)

@@ -1,9 +1,11 @@
 """Building blocks of the dual-stream transformer: norms, AdaLN helpers, timestep embedding, MLP, attention.
 
-Attention is ``torch.nn.functional.scaled_dot_product_attention`` with boolean masks (True = attend), as in the
-OmniForcing code after it dropped FlexAttention for numerical issues (ALGORITHMS.md §5.1). Measured on this
-CPU (video self-attention of a 10-s clip, 496 tokens, 4 heads of 32, one thread): SDPA with the boolean mask
-2.4 ms; FlexAttention with the equivalent block mask 42 ms eager and 9.6 ms compiled (after 34 s of
+Attention is ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels: flash / cuDNN where no mask is
+needed, memory-efficient with a mask), as in the OmniForcing code after it dropped FlexAttention for numerical
+issues (ALGORITHMS.md §5.1). Masks are built once per layout (additive:
+:func:`~omniforcing.models.layout.additive_masks`) or not at all: a streamed one-block call sees all of its
+cached history and needs none. Measured on this CPU (video self-attention of a 10-s clip, 496 tokens, 4
+heads of 32, one thread): SDPA with the boolean mask 2.4 ms; FlexAttention with the equivalent block mask 42 ms eager and 9.6 ms compiled (after 34 s of
 compilation), equal to 5e-7. So SDPA is the one kernel (FlexAttention was not measured on a GPU: none was
 available).
 """
@@ -162,7 +164,10 @@ class Attention(nn.Module):
         Args:
             q: ``(B, heads, Q, head_dim)``.
             kv: keys and values ``(B, heads, K, head_dim)``.
-            mask: bool, broadcastable to ``(B, heads, Q, K)``, True = attend; ``None`` = attend to all.
+            mask: broadcastable to ``(B, heads, Q, K)``: bool (True = attend) or additive float (0 / -inf);
+                ``None`` = attend to all (the flash / cuDNN-eligible case).
         """
+        if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # autocast: queries in a lower precision than the cached additive mask
         out = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=mask)
         return self.to_out(out.transpose(1, 2).flatten(2))

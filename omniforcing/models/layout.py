@@ -301,3 +301,21 @@ def block_causal_masks(layout: BlockLayout, tokens_per_frame: int, num_sinks: in
         masks = visibility_masks(video, audio, video, audio, video_window, audio_window)
         return AttentionMasks(**{name: getattr(masks, name).to(device) for name in
                                  ("video_self", "audio_self", "audio_to_video", "video_to_audio")})
+
+
+@functools.lru_cache(maxsize=64)
+def additive_masks(masks: AttentionMasks, dtype: torch.dtype) -> AttentionMasks:
+    """``masks`` as additive float masks (0 = attend, -inf = hidden) in the compute dtype, made once per mask set.
+
+    ``scaled_dot_product_attention`` turns a boolean mask into this form on every call; handing it the additive
+    form, cached per layout, means no mask tensor is built per call (the fused memory-efficient / cuDNN kernels
+    take it as an attention bias). Equal results: adding 0 or -inf to a score is what the boolean mask does.
+    """
+    def convert(mask: Tensor | None) -> Tensor | None:
+        if mask is None:
+            return None
+        with torch.inference_mode(False):
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+    return AttentionMasks(*(convert(getattr(masks, name)) for name in
+                            ("video_self", "audio_self", "audio_to_video", "video_to_audio")))

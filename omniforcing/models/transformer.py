@@ -23,6 +23,7 @@ from omniforcing.models.kv_cache import AVKVCache, CachePlan, PrefixPosition
 from omniforcing.models.layers import RMSNorm, TimestepEmbedding, modulate
 from omniforcing.models.layout import (
     AttentionMasks,
+    additive_masks,
     BlockLayout,
     PrefixLayout,
     block_causal_masks,
@@ -337,8 +338,9 @@ class DualStreamTransformer(nn.Module):
             if video_window or audio_window:
                 raise ValueError("a local attention window needs the block-causal mask (causal=True)")
             return AttentionMasks()
-        return block_causal_masks(layout, self.video_grid[0] * self.video_grid[1], self.num_audio_sinks,
-                                  video_window, audio_window, str(self._device()))
+        masks = block_causal_masks(layout, self.video_grid[0] * self.video_grid[1], self.num_audio_sinks,
+                                   video_window, audio_window, str(self._device()))
+        return additive_masks(masks, self._dtype())
 
     def _call(self, layout: BlockLayout, block: int, num_video: int, num_audio: int, masks: AttentionMasks | None,
               cache: AVKVCache | None) -> tuple[LayerCall, Tensor | None, Tensor | None]:
