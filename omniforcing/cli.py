@@ -97,7 +97,8 @@ def user_errors_as_one_line(debug: bool) -> Iterator[None]:
     except (UserError, ArgumentError) as error:
         if debug:
             raise
-        print(f"error: {one_line(str(error))}", file=sys.stderr)
+        hint = " (--help lists the options)" if isinstance(error, ArgumentError) else ""
+        print(f"error: {one_line(str(error))}{hint}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
 

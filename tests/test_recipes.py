@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
+from jsonargparse._deprecated import JsonargparseDeprecationWarning
 
+from omniforcing.cli import main
+from omniforcing.errors import InvalidInputError
 from omniforcing.models.presets import PRESETS
-from omniforcing.training.cli import OmniCLI, run_lightning_cli
+from omniforcing.training.cli import OmniCLI, check_recipe_order, run_lightning_cli
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -102,3 +106,52 @@ def test_codec_recipes_parse_and_instantiate_with_either_data_source(codec, data
                                    f"--trainer.logger.init_args.save_dir={tmp_path}"],
                   **{**_cli_kwargs(), "model_class": L.LightningModule})
     assert type(cli.model).__name__ == "CodecLitModule" and cli.model.clip == cli.datamodule.clip
+
+
+TEACHER_FILES = ["base.yaml", "data/synthetic.yaml", "teacher/joint.yaml", "latents/patch.yaml", "model/tiny.yaml"]
+
+
+@pytest.mark.parametrize("size_first", [False, True], ids=["method-then-size", "size-then-method"])
+def test_recipe_order_works_or_fails_in_one_line_naming_both_files(size_first, capsys):
+    files = list(TEACHER_FILES)
+    if size_first:  # the model-size recipe before the method recipe that chooses the network class
+        files.remove("model/tiny.yaml")
+        files.insert(files.index("teacher/joint.yaml"), "model/tiny.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *_args(files), "--print_config"])
+    out, err = capsys.readouterr()
+    if not size_first:
+        assert exit_info.value.code in (0, None)
+        network = yaml.safe_load(out)["model"]["init_args"]["network"]["init_args"]
+        assert network["video_width"] == PRESETS["tiny"]["video_width"]
+        return
+    tiny, joint = RECIPES / "model/tiny.yaml", RECIPES / "teacher/joint.yaml"
+    assert exit_info.value.code == 2 and err.splitlines() == [
+        f"error: recipe order: {tiny} must come after {joint} ({joint} chooses model.class_path, {tiny} only sets "
+        "its init_args)"]
+
+
+def test_recipe_order_check_follows_nested_class_choices(tmp_path):
+    size, method, other = tmp_path / "size.yaml", tmp_path / "method.yaml", tmp_path / "other.yaml"
+    size.write_text("model:\n  init_args:\n    network:\n      init_args: {depth: 2}\n")
+    method.write_text("model:\n  class_path: a.Method\n  init_args:\n    network:\n      class_path: a.Net\n")
+    other.write_text("trainer: {max_steps: 3}\n")
+    check_recipe_order(["-c", str(method), "--config", str(size), "-c", str(other)])
+    check_recipe_order(["-c", str(size)])  # nothing later chooses the class: the parser's own error applies
+    check_recipe_order(["-c", str(tmp_path / "missing.yaml"), "-c", str(method)])  # unreadable: left to the parser
+    with pytest.raises(InvalidInputError, match=f"{size} must come after {method}"):
+        check_recipe_order([f"--config={size}", "-c", str(other), "-c", str(method)])
+
+
+def test_a_run_prints_no_jsonargparse_deprecation_warning(tmp_path, monkeypatch):
+    """LightningCLI calls jsonargparse APIs deprecated for 5.0; OmniCLI uses the replacements, so a fit run (parse,
+    instantiate with Lightning's instantiators, save config.yaml, log hyperparameters) warns about none of them."""
+    monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "all")  # every occurrence, not only the first
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", *_args([*TEACHER_FILES, "debug/tiny_cpu.yaml"]), f"--trainer.default_root_dir={tmp_path}",
+              f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_steps=1",
+              "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"])
+    assert list(tmp_path.rglob("config.yaml"))  # the run did save its config
+    deprecations = [str(w.message) for w in caught if isinstance(w.message, JsonargparseDeprecationWarning)]
+    assert deprecations == []
