@@ -149,9 +149,13 @@ class LiveServer:
             if chunk.data:
                 await response.write(chunk.data)  # waits while the client is slow
                 stream.bytes_sent += len(chunk.data)
+            if chunk.last and chunk.error:
+                # cut the connection without the final empty chunk: the client sees a broken transfer, not an end
+                log.error("stream %d: %s", stream.number, chunk.error)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
             if chunk.last:
-                if chunk.error:
-                    log.error("stream %d: %s", stream.number, chunk.error)
                 break
             chunk = await stream.queue.get()
         await response.write_eof()

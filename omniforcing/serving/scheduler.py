@@ -129,6 +129,9 @@ class BlockScheduler:
         index = stream.blocks
         try:
             block = next(work.blocks)
+            start = time.perf_counter()
+            data = work.fragments.write(block.video, block.audio)
+            encode_ms = (time.perf_counter() - start) * 1e3
         except StopIteration:
             stream.end("finished")  # before the last chunk: its handler may end the stream as soon as it has it
             stream.queue.put(Chunk(index, work.fragments.close(), last=True))
@@ -138,9 +141,6 @@ class BlockScheduler:
             stream.end("failed")
             stream.queue.put(Chunk(index, b"", last=True, error=f"generation failed: {error}"))
             return
-        start = time.perf_counter()
-        data = work.fragments.write(block.video, block.audio)
-        encode_ms = (time.perf_counter() - start) * 1e3
         stream.mime_type = work.fragments.mime_type
         stream.record(BlockTiming(block.index, block.generate_ms, block.decode_ms, encode_ms, block.seconds),
                       block.start_seconds + block.seconds)

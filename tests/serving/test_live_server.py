@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gc
+import http.client
 import json
 import socket
 import time
+
+import pytest
 
 from omniforcing.data.media import read_av
 from omniforcing.models.kv_cache import AVKVCache
@@ -143,3 +146,25 @@ def test_the_page_and_its_script_are_served_with_a_content_security_policy(serve
     assert "default-src 'self'" in headers["Content-Security-Policy"]
     status, _, script = live.request("GET", "/player.js")
     assert status == 200 and b"MediaSource.isTypeSupported(mime)" in script
+
+
+def test_a_failing_stream_breaks_its_own_connection_and_no_other(serve, generator, monkeypatch):
+    original = generator.stream
+
+    def failing(prompt, seconds=None, seed=0):
+        for block in original(prompt, seconds, seed):
+            if prompt(block.index) == "fail at block 2" and block.index == 2:
+                raise RuntimeError("out of memory (simulated)")
+            yield block
+
+    monkeypatch.setattr(generator, "stream", failing)
+    live = serve()
+    connection, response = live.open_stream(prompt="fail at block 2", seconds=4)
+    assert response.status == 200  # the headers left with block 1, before the failure
+    with pytest.raises(http.client.IncompleteRead):
+        response.read()
+    connection.close()
+    status, _, body = live.request("POST", "/streams", {"prompt": "a healthy stream", "seconds": 1})
+    assert status == 200 and read_av(body).video.shape[0] == 25
+    metrics = live.wait_for(lambda m: m["active_streams"] == 0, "both streams to end")
+    assert metrics["streams_ended"] == {"failed": 1, "finished": 1}
