@@ -407,7 +407,7 @@ def _history_plan(state: CacheState, ring: RingBuffer, window: int | None, block
     stores, offset = [], 0
     last = blocks[-1][0]
     for block, count in blocks:
-        if block == 0 or window is None or block > last - window:  # survives the commit's eviction
+        if block == 0 or window is None or block > last + 1 - window:  # survives the commit's eviction
             stores.append(((offset, offset + count), ring.span(block, count)[0]))
         offset += count
     return HistoryPlan(ring, history, write_index, end, tuple(stores), shift_pinned, bool(history))
