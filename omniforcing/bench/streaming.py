@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 PROMPT = "a red ball bounces"
 TEACHER_STEPS, TEACHER_CFG = 32, 3.0
 STUDENT_TIMES = (1.0, 0.75, 0.5, 0.25)
+FLATNESS_BLOCKS = 10
+"""Blocks in each median of the latency flatness (single blocks are noisy on a shared machine)."""
 DEFAULT_VIDEO_GRID = (4, 4)
 """Latent tokens per video frame of the shipped learned codec (32x32 frames, spatial factor 8)."""
 
@@ -63,6 +65,7 @@ class StreamingBenchConfig:
         positions: stream positions (s) the latency table shows.
         overlap_blocks: blocks per run of the overlap table.
         repeats: alternating runs per model (each keeps its fastest).
+        rounds: latency streams run one after another (each block keeps its fastest).
         quick: tiny sizes (numbers mean little).
         compile: run the student's block steps captured (:attr:`StreamingSettings.compile`; ``None``: the
             engine's default, captured on CUDA and eager elsewhere).
@@ -76,6 +79,7 @@ class StreamingBenchConfig:
     positions: tuple[int, ...]
     overlap_blocks: int
     repeats: int
+    rounds: int
     quick: bool
     compile: bool | None = None
 
@@ -84,15 +88,22 @@ class StreamingBenchConfig:
              compile: bool | None = None) -> StreamingBenchConfig:
         grid = tuple(video_grid or DEFAULT_VIDEO_GRID)
         if quick:
-            return cls(preset or "tiny", grid, 1, 12, 2.0, (1, 2, 4, 8, 12), 3, 1, True, compile)
-        return cls(preset or "small", grid, 10, 120, 10.0, (1, 2, 5, 10, 12, 20, 30, 60, 90, 120), 12, 2, False,
+            return cls(preset or "tiny", grid, 1, 12, 2.0, (1, 2, 4, 8, 12), 3, 1, 1, True, compile)
+        return cls(preset or "small", grid, 10, 120, 10.0, (1, 2, 5, 10, 12, 20, 30, 60, 90, 120), 12, 2, 2, False,
                    compile)
 
     @property
     def steady_block(self) -> int:
         """First block generated against a full window that has already evicted (v1 layout: block p holds
-        second p): the early end of the latency flatness."""
+        second p)."""
         return math.ceil(self.window) + 2
+
+    @property
+    def flatness_spans(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Blocks (first, last) compared by the latency flatness: the first ``FLATNESS_BLOCKS`` blocks once the
+        window is full and evicting, and the last ``FLATNESS_BLOCKS`` of the stream."""
+        first = self.steady_block
+        return (first, first + FLATNESS_BLOCKS - 1), (self.stream_seconds - FLATNESS_BLOCKS + 1, self.stream_seconds)
 
     @property
     def grid_label(self) -> str:
@@ -226,20 +237,24 @@ def _median(values: list[float], first: int, last: int) -> float:
     return statistics.median(values[max(0, first):last + 1])
 
 
-def stream_block_times(engines: list[StreamingGenerator], seconds: int,
-                       device: torch.device) -> tuple[list[list[float]], list[list[int]]]:
-    """Per-block milliseconds and cache bytes of one ``seconds`` stream per engine, the streams alternating
-    block by block (a burst of load from other processes lands on all of them). Only the public streaming API
-    is used: each block is timed around ``next()`` on its ``latent_blocks`` iterator (CUDA events on a GPU)."""
-    streams = [engine.latent_blocks(PROMPT, seconds) for engine in engines]
-    times: list[list[float]] = [[] for _ in engines]
+def stream_block_times(engines: list[StreamingGenerator], seconds: int, device: torch.device,
+                       rounds: int) -> tuple[list[list[float]], list[list[int]]]:
+    """Per-block milliseconds (the fastest of ``rounds`` streams) and cache bytes of a ``seconds`` stream per
+    engine. Within a round the engines' streams alternate block by block; the rounds run one after another, so
+    a burst of load from other processes lands on different blocks in each. Only the public streaming API is
+    used: each block is timed around ``next()`` on its ``latent_blocks`` iterator (CUDA events on a GPU)."""
+    blocks = engines[0].num_blocks(seconds)
+    times = [[float("inf")] * blocks for _ in engines]
     sizes: list[list[int]] = [[] for _ in engines]
-    for _ in range(engines[0].num_blocks(seconds)):
-        for stream, block_times, block_sizes in zip(streams, times, sizes):
-            with DeviceTimer(device) as timer:
-                block = next(stream)
-            block_times.append(timer.ms)
-            block_sizes.append(block.cache_bytes)
+    for _ in range(rounds):
+        streams = [engine.latent_blocks(PROMPT, seconds) for engine in engines]
+        sizes = [[] for _ in engines]
+        for index in range(blocks):
+            for stream, block_times, block_sizes in zip(streams, times, sizes):
+                with DeviceTimer(device) as timer:
+                    block = next(stream)
+                block_times[index] = min(block_times[index], timer.ms)
+                block_sizes.append(block.cache_bytes)
     return times, sizes
 
 
@@ -248,30 +263,30 @@ def latency_table(student, codec, config: StreamingBenchConfig, device: torch.de
     flatness (late blocks over early blocks once the window is full)."""
     engines = [StreamingGenerator(student, codec, student_settings(config, window_seconds=window, decode=False))
                for window in (config.window, None)]
-    (window, growing), (window_bytes, growing_bytes) = stream_block_times(engines, config.stream_seconds, device)
+    (window, growing), (window_bytes, growing_bytes) = stream_block_times(engines, config.stream_seconds, device,
+                                                                          config.rounds)
     dtype = dtype_name(next(student.parameters()).dtype)
     table = Table(f"Per-block latency vs stream position ({config.preset} preset, {config.grid_label} video grid, "
                   f"{dtype})",
                   ["stream position (s)", f"block, {config.window:g}-s window (ms)", "block, never evicts (ms)",
-                   "ratio", f"fastest of the 5, {config.window:g}-s window (ms)", "KV cache, window (MiB)",
-                   "KV cache, never evicts (MiB)"])
+                   "ratio", "KV cache, window (MiB)", "KV cache, never evicts (MiB)"])
     for position in config.positions:  # v1 layout: block p holds second p of the stream
         rolling, never = (_median(t, position - 2, position + 2) for t in (window, growing))
-        table.add(position, rolling, never, never / rolling, min(window[max(0, position - 2):position + 3]),
-                  window_bytes[position] / 2**20, growing_bytes[position] / 2**20)
-    steady, last = config.steady_block, config.stream_seconds
-    table.notes = (f"block = 4 denoising forwards + 1 commit forward of the 1-s block at that position, median of "
-                   "the 5 blocks around it; the two streams alternate block by block. latency flatness = median "
-                   f"of the last 5 blocks over the median of blocks {steady}-{steady + 4} (the window full and "
-                   "evicting). Decoding (constant per block) is in the first table. Batch 1, 16 audio sinks, v1 "
+        table.add(position, rolling, never, never / rolling, window_bytes[position] / 2**20,
+                  growing_bytes[position] / 2**20)
+    early, late = config.flatness_spans
+    table.notes = (f"block = 4 denoising forwards + 1 commit forward of the 1-s block at that position: the fastest "
+                   f"of {config.rounds} stream(s) run one after another, then the median of the 5 blocks around the "
+                   "position; within a stream the two caches alternate block by block. latency flatness = median "
+                   f"of blocks {late[0]}-{late[1]} over the median of blocks {early[0]}-{early[1]} (the window full "
+                   "and evicting). Decoding (constant per block) is in the first table. Batch 1, 16 audio sinks, v1 "
                    "prefix. KV cache = bytes its key/value storage holds after the block (LatentBlock.cache_bytes; "
                    "for preallocated buffers, their capacity).")
-    summary = {"block_latency_ms": _median(window, steady, last),
-               "latency_flatness": _median(window, last - 4, last) / _median(window, steady, steady + 4),
-               "latency_flatness_never_evicts": _median(growing, last - 4, last) / _median(growing, steady,
-                                                                                            steady + 4),
-               f"block_ms_at_{last}s_window": _median(window, last - 4, last),
-               f"block_ms_at_{last}s_never_evicts": _median(growing, last - 4, last),
+    summary = {"block_latency_ms": _median(window, early[0], late[1]),
+               "latency_flatness": _median(window, *late) / _median(window, *early),
+               "latency_flatness_never_evicts": _median(growing, *late) / _median(growing, *early),
+               f"block_ms_at_{late[1]}s_window": _median(window, *late),
+               f"block_ms_at_{late[1]}s_never_evicts": _median(growing, *late),
                "kv_cache_mib_window": window_bytes[-1] / 2**20,
                "kv_cache_mib_never_evicts_at_end": growing_bytes[-1] / 2**20}
     return table, summary
