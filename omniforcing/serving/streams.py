@@ -133,6 +133,12 @@ class LiveStream:
         lead_seconds: pacing: generate at most this much media ahead of the client's reported playback
             position (``None``: no pacing; then only the queue and the connection bound it).
         queue: the stream's bounded block queue.
+
+    The other fields are state: ``id`` (``secrets.token_urlsafe(18)``, 144 random bits: the capability that
+    lets its client see, steer and stop it), ``mime_type`` (known once the init segment exists), ``state`` and
+    ``end_reason``, the client's ``played_seconds``, the generator's ``media_seconds`` and ``blocks``,
+    ``bytes_sent``, ``client_waits`` (times the generator waited for this client), ``prompt_switches``
+    (``(block, prompt)`` pairs) and the ``last`` block's timing.
     """
 
     number: int
