@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -79,4 +80,5 @@ def test_headless_chromium_plays_the_live_stream(serve, tmp_path):
     assert state["codecs"] == 'video/mp4; codecs="avc1.64000a, mp4a.40.2"'
     assert state["currentTime"] >= PLAY_SECONDS, f"played only {state.get('currentTime')} s: {state}"
     assert state["audioDecodedBytes"] > 0 and state["videoDecodedBytes"] > 0, state
+    assert re.fullmatch(r"\d+\.\d ms", state["latency"]) and re.fullmatch(r"\d+\.\d{3}", state["realTimeFactor"]), state
     assert live.metrics()["streams_started"] == 1
