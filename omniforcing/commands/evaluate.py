@@ -35,6 +35,7 @@ from omniforcing.inference.export import instantiate, load_model
 from omniforcing.inference.generation import generate_teacher_clips
 from omniforcing.inference.streaming import generate_streaming_clips
 from omniforcing.metrics import MetricSuite
+from omniforcing.metrics.suite import SUITE_METRICS
 from omniforcing.metrics.checkpoint_watch import (
     EVAL_DIR,
     CheckpointVersion,
@@ -118,10 +119,15 @@ def evaluate(
             row per window in the JSON and curves in TensorBoard at ``OUT.tensorboard`` (docs/metrics.md).
     """
     names = metric_names(extractors)
+    unknown = [name for name in names if name not in SUITE_METRICS]
+    if unknown:
+        raise InvalidInputError(f"--extractors: unknown metrics {unknown}; choose from {', '.join(SUITE_METRICS)}")
     settings = dict(i3d_path=i3d_path, vggish_path=vggish_path)
     if watch is not None:
         if fake is not None:
             raise UserError("--watch generates its own clips; do not pass --fake")
+        if not Path(watch).is_dir():
+            raise MissingInputError(f"--watch {watch}: no such run folder")
         watcher = RunWatcher(names, settings, reference=real, cache_dir=cache_dir or Path(watch) / "metric_cache",
                              seconds=seconds, max_clips=max_clips or 256, batch_size=batch_size, prompts=prompts,
                              clips=clips, seed=seed, steps=steps, device=resolve_device(device))

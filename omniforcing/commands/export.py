@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from omniforcing.errors import MissingInputError
 from omniforcing.inference.export import export_checkpoint
 
 
@@ -19,6 +20,8 @@ def export(*, checkpoint: Path, out: Path, ema: bool = True, dtype: Literal["flo
         ema: use the EMA weights when the run kept them.
         dtype: storage dtype of the network weights (loaded back as float32).
     """
+    if not Path(checkpoint).is_file():
+        raise MissingInputError(f"--checkpoint {checkpoint}: no such file")
     folder = export_checkpoint(checkpoint, out, use_ema=ema, dtype=getattr(torch, dtype))
     size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
     print(f"exported {checkpoint} to {folder} ({size:.2f} MB)")

@@ -45,7 +45,7 @@ from omniforcing.data.media import (
     to_mono,
 )
 from omniforcing.data.pipeline import SkipCounter
-from omniforcing.errors import MissingInputError
+from omniforcing.errors import InvalidInputError, MissingInputError
 from omniforcing.data.shards import iter_tar_samples, resolve_shards
 from omniforcing.types import AVBatch, ClipInfo, ClipSpec
 
@@ -113,17 +113,18 @@ def probe_spec(source: str | Path, seconds: int | None = None) -> ClipSpec:
         seconds: clip length to use; ``None`` takes the whole seconds the first clip holds after its lead frame.
 
     Raises:
-        ValueError: no readable clip, or ``seconds`` longer than the stored clip.
+        InvalidInputError: no readable clip, or ``seconds`` longer than the stored clip (a ``ValueError``).
     """
     reasons = []
     for media, _ in _iter_raw(source, max_reads=5, reasons=reasons):
         fps = round(media.fps)
         stored = int((len(media.video) - 1) // fps)
         if seconds is not None and seconds > stored:
-            raise ValueError(f"--seconds {seconds} is longer than the clips of {source} ({stored} s after the lead)")
+            raise InvalidInputError(f"--seconds {seconds} is longer than the clips of {source} ({stored} s after the "
+                                    "lead)")
         return ClipSpec(seconds=stored if seconds is None else seconds, fps=fps, sample_rate=media.sample_rate,
                         size=min(media.video.shape[1:3]))
-    raise ValueError(f"no readable clip in {source}: {'; '.join(reasons) or 'empty'}")
+    raise InvalidInputError(f"no readable clip in {source}: {'; '.join(reasons) or 'empty'}")
 
 
 def _iter_raw(source: str | Path, max_reads: int, reasons: list[str]) -> Iterator[tuple[MediaClip, dict]]:

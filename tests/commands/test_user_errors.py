@@ -77,6 +77,8 @@ def test_generate_export_and_codec(tmp_path, capsys, unreadable_checkpoint):
                                                          "--seconds", "abc"])
     assert "unreadable.ckpt is not a readable checkpoint" in user_error(capsys, [
         "export", "--checkpoint", str(unreadable_checkpoint), "--out", str(tmp_path / "exported")])
+    assert "missing.ckpt: no such file" in user_error(capsys, ["export", "--checkpoint", str(tmp_path / "missing.ckpt"),
+                                                              "--out", str(tmp_path / "exported")])
     assert "is not a torch weights file" in user_error(capsys, [
         "codec", "export", "--checkpoint", str(unreadable_checkpoint), "--out", str(tmp_path / "c.safetensors")])
     assert "invalid choice: 'gnerate'" in user_error(capsys, ["gnerate"])
@@ -87,6 +89,12 @@ def test_evaluate(tmp_path, capsys):
                                                                       "--fake", str(tmp_path)])
     assert "--watch generates its own clips" in user_error(capsys, ["evaluate", "--watch", str(tmp_path),
                                                                     "--fake", str(tmp_path)])
+    assert "--watch " + str(tmp_path / "missing") + ": no such run folder" in user_error(capsys, [
+        "evaluate", "--watch", str(tmp_path / "missing"), "--once", "true"])
+    assert "unknown metrics ['fvd']" in user_error(capsys, ["evaluate", "--real", str(tmp_path), "--fake",
+                                                            str(tmp_path), "--extractors", "video_stats,fvd"])
+    (tmp_path / "junk.mp4").write_bytes(b"\x00" * 64)
+    assert "no readable clip in" in user_error(capsys, ["evaluate", "--real", str(tmp_path), "--fake", str(tmp_path)])
 
 
 def test_fit_bad_values_are_one_line(tmp_path, capsys):
