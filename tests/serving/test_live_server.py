@@ -6,6 +6,7 @@ import gc
 import http.client
 import json
 import socket
+import threading
 import time
 
 import pytest
@@ -168,3 +169,29 @@ def test_a_failing_stream_breaks_its_own_connection_and_no_other(serve, generato
     assert status == 200 and read_av(body).video.shape[0] == 25
     metrics = live.wait_for(lambda m: m["active_streams"] == 0, "both streams to end")
     assert metrics["streams_ended"] == {"failed": 1, "finished": 1}
+
+
+def test_two_streams_share_the_generation_thread_in_turn(serve):
+    live = serve(max_streams=2)
+    opened = [live.open_stream(prompt=f"stream {i}", seed=i) for i in range(2)]
+    readers = [threading.Thread(target=_drain, args=(response,), daemon=True) for _, response in opened]
+    for reader in readers:
+        reader.start()
+    try:
+        first = live.wait_for(lambda m: len(m["streams"]) == 2 and min(s["blocks"] for s in m["streams"]) >= 2,
+                              "both streams to run")
+        later = live.wait_for(lambda m: min(s["blocks"] for s in m["streams"]) >= 8, "more blocks")
+        gained = [b["blocks"] - a["blocks"] for a, b in zip(first["streams"], later["streams"])]
+        assert abs(gained[0] - gained[1]) <= 2, f"round-robin should advance both alike, gained {gained}"
+    finally:
+        for connection, _ in opened:
+            connection.close()
+    live.wait_for(lambda m: m["active_streams"] == 0, "both slots to be freed")
+
+
+def _drain(response) -> None:
+    try:
+        while response.read(65536):
+            pass
+    except (OSError, ValueError, AttributeError, http.client.HTTPException):  # the test closed the connection
+        pass
