@@ -203,8 +203,8 @@ class LiveServer:
 
     async def _metrics_text(self, _: web.Request) -> web.Response:
         text = metrics_prometheus(self._active(), self.counters, self.max_streams)
-        return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                            headers={"Cache-Control": "no-store"})
+        return web.Response(text=text, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+                                                 "Cache-Control": "no-store"})
 
     async def _metrics_json(self, _: web.Request) -> web.Response:
         return web.json_response(metrics_json(self._active(), self.counters, self.max_streams))

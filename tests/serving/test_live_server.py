@@ -116,7 +116,9 @@ def test_stream_ids_are_secret_metrics_show_numbers_only(serve):
     for path in ("/metrics", "/metrics.json"):
         text = live.request("GET", path)[2].decode()
         assert stream_id not in text and "secret garden" not in text
-    assert 'omniforcing_stream_queue_depth{stream="1"}' in live.request("GET", "/metrics")[2].decode()
+    status, headers, text = live.request("GET", "/metrics")
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"  # Prometheus exposition 0.0.4
+    assert 'omniforcing_stream_queue_depth{stream="1"}' in text.decode()
     status, _, body = live.request("GET", f"/streams/{stream_id}")
     assert status == 200 and json.loads(body)["prompt"] == "a secret garden"
     assert live.request("GET", "/streams/not-the-id")[0] == 404
