@@ -44,24 +44,41 @@ def _devtools_port(profile: Path, browser: subprocess.Popen) -> int:
     raise AssertionError("chromium did not open its DevTools port")
 
 
+class _Page:
+    """Evaluates JavaScript in a page over its DevTools websocket."""
+
+    def __init__(self, socket: aiohttp.ClientWebSocketResponse) -> None:
+        self.socket, self.message_id = socket, 0
+
+    async def evaluate(self, expression: str) -> object:
+        self.message_id += 1
+        await self.socket.send_json({"id": self.message_id, "method": "Runtime.evaluate",
+                                     "params": {"expression": expression, "returnByValue": True}})
+        reply = await self.socket.receive_json()
+        while reply.get("id") != self.message_id:  # skip events
+            reply = await self.socket.receive_json()
+        return reply["result"]["result"].get("value")
+
+
 async def _play(devtools_port: int, page_url: str) -> dict:
-    """Poll the page's ``omniforcingPlayer.state()`` until it has played :data:`PLAY_SECONDS`."""
+    """Poll the page's ``omniforcingPlayer.state()`` until it has played :data:`PLAY_SECONDS` and shows a prompt
+    switch; after 1 s of playback the prompt box gets a new prompt and **Change prompt** is pressed."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DEADLINE)) as session:
         async with session.get(f"http://127.0.0.1:{devtools_port}/json/list") as response:
             targets = await response.json()
         target = next(t for t in targets if t.get("url", "").startswith(page_url))
         async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as socket:
-            deadline, state, message_id = time.monotonic() + DEADLINE, {}, 0
+            page, deadline, state, changed = _Page(socket), time.monotonic() + DEADLINE, {}, False
             while time.monotonic() < deadline:
-                message_id += 1
-                await socket.send_json({"id": message_id, "method": "Runtime.evaluate", "params": {
-                    "expression": "window.omniforcingPlayer ? JSON.stringify(omniforcingPlayer.state()) : '{}'",
-                    "returnByValue": True}})
-                reply = await socket.receive_json()
-                while reply.get("id") != message_id:
-                    reply = await socket.receive_json()
-                state = json.loads(reply["result"]["result"]["value"])
-                if state.get("mediaError") or state.get("lastError") or state.get("currentTime", 0) >= PLAY_SECONDS:
+                state = json.loads(await page.evaluate(
+                    "window.omniforcingPlayer ? JSON.stringify(omniforcingPlayer.state()) : '{}'"))
+                if state.get("mediaError") or state.get("lastError"):
+                    return state
+                if not changed and state.get("currentTime", 0) >= 1.0:
+                    await page.evaluate("document.getElementById('prompt').value = 'a white triangle bounces'; "
+                                        "document.getElementById('apply').click()")
+                    changed = True
+                if state.get("currentTime", 0) >= PLAY_SECONDS and state.get("switches", "-") != "-":
                     return state
                 await asyncio.sleep(0.25)
             return state
@@ -70,7 +87,7 @@ async def _play(devtools_port: int, page_url: str) -> dict:
 def test_headless_chromium_plays_the_live_stream(serve, tmp_path):
     live = serve()
     page = f"http://127.0.0.1:{live.port}/"
-    browser = _launch(page + "?autostart=1&seconds=6", tmp_path / "profile")
+    browser = _launch(page + "?autostart=1&seconds=10", tmp_path / "profile")
     try:
         state = asyncio.run(_play(_devtools_port(tmp_path / "profile", browser), page))
     finally:
@@ -81,4 +98,5 @@ def test_headless_chromium_plays_the_live_stream(serve, tmp_path):
     assert state["currentTime"] >= PLAY_SECONDS, f"played only {state.get('currentTime')} s: {state}"
     assert state["audioDecodedBytes"] > 0 and state["videoDecodedBytes"] > 0, state
     assert re.fullmatch(r"\d+\.\d ms", state["latency"]) and re.fullmatch(r"\d+\.\d{3}", state["realTimeFactor"]), state
+    assert re.fullmatch(r"\d+", state["switches"]), state  # the block the new prompt took effect at
     assert live.metrics()["streams_started"] == 1

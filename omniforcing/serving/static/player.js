@@ -141,6 +141,7 @@ window.omniforcingPlayer = {
     mediaError: video.error ? `${video.error.code}: ${video.error.message}` : null, lastError,
     appendedBytes: session ? session.appended : 0, streamId: session ? session.id : null,
     codecs: $("codecs").textContent, latency: $("latency").textContent, realTimeFactor: $("rtf").textContent,
+    switches: $("switches").textContent,
     // Chromium's counters of decoded bytes (undefined elsewhere): proof that both tracks are decoded
     audioDecodedBytes: video.webkitAudioDecodedByteCount, videoDecodedBytes: video.webkitVideoDecodedByteCount,
     buffered: Array.from({ length: video.buffered.length },
