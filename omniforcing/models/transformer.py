@@ -222,7 +222,8 @@ class DualStreamTransformer(nn.Module):
             masks = None if layout.num_blocks - block > 1 else AttentionMasks()  # one block: all history visible
         call, _, _ = self._call(layout, block, num_video, num_audio, masks, cache)
         with_sinks = audio is not None and block == 0 and self.num_audio_sinks > 0
-        text_kv = self._text_kv(text) if cache is None else cache.text_kv(text, lambda: self._text_kv(text))
+        text_kv = (self._text_kv(text) if cache is None
+                   else cache.text_kv(text, lambda: self._text_kv(text, padded=True)))
         args = (video, audio, t_video, t_audio, step_size, text_kv, call, plan, with_sinks, commit)
         out = self.core(*args) if self._compiled_core is None else self._run_compiled(*args)
         if commit:
@@ -396,11 +397,18 @@ class DualStreamTransformer(nn.Module):
         skip = self.num_audio_sinks if with_sinks else 0
         return self.audio.head(x[:, skip:], emb[:, skip:])
 
-    def _text_kv(self, text: TextContext) -> list[TextKV]:
-        video_mask = text.video.mask[:, None, None, :]
-        audio_mask = text.audio.mask[:, None, None, :]
-        return [TextKV(layer.video.text_attn.keys_values(text.video.tokens),
-                       layer.audio.text_attn.keys_values(text.audio.tokens), video_mask, audio_mask)
+    def _text_kv(self, text: TextContext, padded: bool = False) -> list[TextKV]:
+        """Text keys/values and ``(B, 1, 1, L)`` masks per layer. ``padded`` (a cache's binding): ``L`` padded with
+        masked tokens to a power of two, so a prompt switch in a captured stream rarely meets a new shape (a
+        new compiled graph); masked keys add exact zeros, so the outputs are the same."""
+        tokens, masks = [text.video.tokens, text.audio.tokens], [text.video.mask, text.audio.mask]
+        if padded:
+            extra = [max(8, 1 << (t.shape[1] - 1).bit_length()) - t.shape[1] for t in tokens]
+            tokens = [torch.nn.functional.pad(t, (0, 0, 0, e)) for t, e in zip(tokens, extra)]
+            masks = [torch.nn.functional.pad(m, (0, e), value=False) for m, e in zip(masks, extra)]
+        video_mask, audio_mask = (m[:, None, None, :] for m in masks)
+        return [TextKV(layer.video.text_attn.keys_values(tokens[0]), layer.audio.text_attn.keys_values(tokens[1]),
+                       video_mask, audio_mask)
                 for layer in self.layers]
 
     def _device(self) -> torch.device:

@@ -3,7 +3,6 @@ forwards; streaming is covered by tests/sampling/test_capture.py."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 
