@@ -261,14 +261,15 @@ class DualStreamTransformer(nn.Module):
             return
         # one graph per geometry: the full-window shape plus the bounded set before it, per branch and modality
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        self._compiled_core = torch.compile(self.core, mode=mode, backend=backend, dynamic=False)
+        # the unbound method: a deep copy of the model (EMA, serving) then runs its own weights through it
+        self._compiled_core = torch.compile(type(self).core, mode=mode, backend=backend, dynamic=False)
         self._compile_mode = mode
 
     def _run_compiled(self, *args) -> tuple[Tensor | None, Tensor | None]:
         graphs = self._compile_mode == "reduce-overhead"
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()  # outputs of the previous replay are not read after this
-        out = self._compiled_core(*(a.contiguous() if isinstance(a, Tensor) else a for a in args))
+        out = self._compiled_core(self, *(a.contiguous() if isinstance(a, Tensor) else a for a in args))
         return tuple(None if o is None else o.clone() for o in out) if graphs else out
 
     def cache_plan(self, cache: AVKVCache, layout: BlockLayout, block: int, has_video: bool,

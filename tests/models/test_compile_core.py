@@ -39,3 +39,19 @@ def test_compile_core_can_be_switched_off(make_model):
     assert model._compiled_core is not None
     model.compile_core(False)
     assert model._compiled_core is None
+
+
+def test_a_deep_copy_of_a_compiled_model_runs_its_own_weights(make_model, make_inputs):
+    import copy
+
+    model = make_model(depth=1)
+    x = make_inputs(model, seconds=1)
+    model.compile_core(True, backend="eager")
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in twin.parameters():
+            param.mul_(0.5)
+        got = twin(x.video, x.audio, x.t_video, x.t_audio, x.text)
+        twin.compile_core(False)
+        want = twin(x.video, x.audio, x.t_video, x.t_audio, x.text)
+    torch.testing.assert_close(got, want)
