@@ -14,10 +14,13 @@ the reading of ALGORITHMS.md §7.3. Everything below marked OURS is a design cho
   depends on which sampler wrote it.
 * **Training step** (:meth:`MutualForcing.loss`):
 
-  1. draw ``k`` history blocks (uniform in ``[min, max]``, OURS; same on every rank) and roll them out with
-     the few-step sampler under ``no_grad``, committing each clean output to the KV cache (Self-Forcing's
-     clean-context refresh, ALGORITHMS.md §5.2); with ``teacher_forcing_probability`` the history is the real
-     clip instead (an ablation);
+  1. draw ``k`` history blocks (uniform in ``[min, max]``, OURS; same on every rank) and write them with the
+     few-step mode under ``no_grad`` **from the real clip** (``history``, default
+     :class:`~omniforcing.sampling.dual_mode.HistoryFromRealClip`: each real block noised to a drawn flow time
+     and few-step denoised from there, OURS; the paper says only that the few-step mode generates the history),
+     committing each clean output to the KV cache (Self-Forcing's clean-context refresh, ALGORITHMS.md §5.2);
+     ablations: :class:`~omniforcing.sampling.dual_mode.HistoryFromNoise` (from fresh noise, unrelated to the
+     real next block) and ``teacher_forcing_probability`` (the real clip itself);
   2. multi-step mode, flow matching on the **real** block ``k`` against that cache:
      ``L_fm = ||v(x_t, t, d=0 | history) - (eps - x0_real)||²`` (§2.1);
   3. few-step mode distilled from the multi-step mode (stop-gradient targets of the same weights):
@@ -48,7 +51,8 @@ from omniforcing.methods.dmd import normalised_direction, surrogate_loss
 from omniforcing.methods.flow_matching import condition_drop_mask, weighted_mse
 from omniforcing.models.layout import BlockLayout
 from omniforcing.sampling.blocks import commit_block, denoise_block
-from omniforcing.sampling.dual_mode import DualModes, HistoryCaches, latents_device, new_history_caches
+from omniforcing.sampling.dual_mode import (DualModes, HistoryCaches, HistoryFromRealClip, HistorySource,
+                                            latents_device, new_history_caches)
 from omniforcing.sampling.few_step import draw_renoise
 from omniforcing.sampling.guidance import Branch, clip_time
 from omniforcing.sampling.schedule import BlockTimes
@@ -111,6 +115,8 @@ class MutualForcing:
         max_history_blocks: most history blocks (``None`` = as many as the clip allows, ``num_blocks - 1``).
         teacher_forcing_probability: probability that a step uses the real clip as history (ablation; 0 = the
             history always comes from the few-step mode).
+        history: how the few-step mode writes the history (``None`` = :class:`HistoryFromRealClip` with its
+            defaults; :class:`~omniforcing.sampling.dual_mode.HistoryFromNoise` is the ablation).
         distillation: ``"trajectory"`` (regress onto the multi-step ODE endpoint) or ``"dmd"`` (distribution
             matching with a critic; the module then owns a critic network).
         distill_times: flow times the few-step mode is distilled at (``None`` = the few-step grid); one per step.
@@ -134,6 +140,7 @@ class MutualForcing:
         min_history_blocks: int = 0,
         max_history_blocks: int | None = None,
         teacher_forcing_probability: float = 0.0,
+        history: HistorySource | None = None,
         distillation: Distillation = "trajectory",
         distill_times: list[float] | None = None,
         teacher_steps: int = 8,
@@ -164,6 +171,7 @@ class MutualForcing:
         self.time_sampler = time_sampler or LogitNormalTimeSampler()
         self.min_history_blocks, self.max_history_blocks = min_history_blocks, max_history_blocks
         self.teacher_forcing_probability = teacher_forcing_probability
+        self.history = history or HistoryFromRealClip()
         self.distillation, self.distill_input = distillation, distill_input
         self.distill_times = None if distill_times is None else tuple(float(t) for t in distill_times)
         self.teacher_steps = teacher_steps
@@ -224,7 +232,8 @@ class MutualForcing:
         drop = condition_drop_mask(x0.batch_size, self.condition_dropout, generator, latents_device(x0))
         caches = new_history_caches(network, captions, modes, drop=drop, guided=modes.guided,
                                     critic=critic if self.needs_critic else None)
-        history = self.roll_out_history(caches, x0, layout, history_blocks, teacher_forced, modes, generator)
+        history = self.roll_out_history(caches, x0, layout, history_blocks, teacher_forced, modes, generator,
+                                        shared_generator)
         target = block_latents(x0, layout, history_blocks)
         losses = _prefixed("fm", self.flow_matching_loss(caches.cond, target, history_blocks, modes, generator))
         distill_time = self.draw_distill_time(modes, generator)
@@ -237,18 +246,20 @@ class MutualForcing:
 
     @torch.no_grad()
     def roll_out_history(self, caches: HistoryCaches, x0: AVLatents, layout: BlockLayout, count: int,
-                         teacher_forced: bool, modes: DualModes, generator: torch.Generator | None) -> list[AVLatents]:
-        """Blocks ``0 .. count - 1`` by the few-step mode (or the real clip), each committed to every cache."""
+                         teacher_forced: bool, modes: DualModes, generator: torch.Generator | None,
+                         shared_generator: torch.Generator | None = None) -> list[AVLatents]:
+        """Blocks ``0 .. count - 1`` written by :attr:`history` (or the real clip), each committed to every cache."""
         blocks = caches.generator(modes, video=x0.video is not None, audio=x0.audio is not None,
                                   dtype=x0.items()[0][1].dtype)
         history = []
         for block in range(count):
+            real = block_latents(x0, layout, block)
             if teacher_forced:
-                clean = block_latents(x0, layout, block)
-                commit_block(caches.branches, block, clean, context_time=modes.context_time,
-                             context_noise=blocks.context_noise(clean, generator), step_size=blocks.step_size)
+                commit_block(caches.branches, block, real, context_time=modes.context_time,
+                             context_noise=blocks.context_noise(real, generator), step_size=blocks.step_size)
+                clean = real
             else:
-                clean = blocks(block, generator)
+                clean = self.history.write_block(blocks, real, block, generator, shared_generator)
             history.append(clean)
         return history
 

@@ -8,6 +8,12 @@ Blocks are generated one at a time against (rolling) KV caches by the cached blo
 value, so the cached history does not depend on the sampler that wrote it. The training objective
 (:mod:`omniforcing.methods.mutual_forcing`) uses the same caches for its history rollout and its targets;
 generation (:mod:`omniforcing.inference.dual_mode`) streams with :func:`stream_blocks`.
+
+The training history is written by a :class:`HistorySource` (the objective's ``history`` argument):
+:class:`HistoryFromRealClip` (default) lets the few-step mode denoise the real history noised to a drawn flow time,
+so the history is the model's own kind of output while its content leads to the real next block;
+:class:`HistoryFromNoise` (the ablation, the variant before issue 14) samples it from fresh noise, unrelated to
+the real block the multi-step mode then regresses.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from omniforcing.sampling.blocks import BlockGenerator, EulerSteps
+from omniforcing.diffusion.flow import add_noise
+from omniforcing.diffusion.samplers import fresh_noise
+from omniforcing.sampling.blocks import BlockDraws, BlockGenerator, EulerSteps, block_step
+from omniforcing.sampling.few_step import draw_renoise
 from omniforcing.sampling.guidance import Branch, GuidedDenoiser
 from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES, BlockTimes, check_times
 from omniforcing.types import AVLatents
@@ -172,3 +181,78 @@ def stream_blocks(network: nn.Module, captions: list[str], num_blocks: int, mode
     blocks = caches.generator(modes, few_step_times, video=video, audio=audio, euler=euler)
     for block in range(num_blocks):
         yield blocks(block, generator)
+
+
+class HistorySource:
+    """How the few-step mode writes one training history block (Mutual Forcing's ``history`` argument).
+
+    Subclasses implement :meth:`write_block`; they are selected by ``class_path`` in the objective's recipe.
+    """
+
+    def write_block(self, blocks: BlockGenerator, real: AVLatents, block: int, generator: torch.Generator | None,
+                    shared_generator: torch.Generator | None) -> AVLatents:
+        """Write history block ``block`` with ``blocks`` (few-step mode, committing to every cache).
+
+        Args:
+            blocks: the history's cached block generator (:meth:`HistoryCaches.generator`).
+            real: the real clip's latents of this block, video ``(B, Tv_k, C, h, w)`` / audio ``(B, Ta_k, C)``.
+            block: macro-block index (``next_block`` of the caches).
+            generator: per-rank randomness (noise).
+            shared_generator: randomness identical on every rank (anything that changes the number of forwards).
+
+        Returns:
+            The block's clean latents as committed, shaped like ``real``.
+        """
+        raise NotImplementedError
+
+
+class HistoryFromNoise(HistorySource):
+    """Ablation (the history before issue 14): the few-step sampler from fresh noise, ignoring the real clip.
+
+    The real block the multi-step mode then regresses has nothing to do with this history, so the best the model
+    can learn is the block given the caption alone (docs/mutual_forcing.md). Draws exactly what it always drew,
+    so its numbers for a seed are those recorded before the change.
+    """
+
+    def write_block(self, blocks: BlockGenerator, real: AVLatents, block: int, generator: torch.Generator | None,
+                    shared_generator: torch.Generator | None) -> AVLatents:
+        return blocks(block, generator)
+
+
+class HistoryFromRealClip(HistorySource):
+    """The few-step mode denoises the real block noised to a start time ``s`` (default; OURS, ALGORITHMS.md §7.3).
+
+    ``x_s = (1 - s) x_real + s eps`` (fresh ``eps``), then the few-step loop from ``s`` through the grid's times
+    below ``s`` against the cache, then the usual commit. The context is the model's own few-step output (its
+    errors, the training-inference consistency the paper claims), yet it follows the real clip, so the real next
+    block that the multi-step mode regresses is a plausible continuation of it. ``s`` is drawn per block from the
+    shared generator (it sets the number of forwards, which must agree across ranks under FSDP).
+
+    Args:
+        start_times: flow times ``s`` a history block starts from, drawn uniformly per block (``None`` = the
+            few-step grid's times below its first, e.g. 0.75, 0.5, 0.25 for the 4-step grid; ``s = 1`` would be
+            pure noise, i.e. :class:`HistoryFromNoise`). Choose times the few-step mode is distilled at.
+    """
+
+    def __init__(self, start_times: list[float] | None = None) -> None:
+        if start_times is not None and (not start_times or not all(0 < t <= 1 for t in start_times)):
+            raise ValueError(f"start_times must be non-empty values in (0, 1], got {start_times}")
+        self.start_times = None if start_times is None else tuple(float(t) for t in start_times)
+
+    def draw_start_time(self, times: BlockTimes, shared_generator: torch.Generator | None) -> float:
+        """One start time from ``start_times`` (default: the grid's times after its first)."""
+        choices = self.start_times or times.items()[0][1][1:]
+        if not choices:
+            raise ValueError("a one-step grid has no time below its first: give HistoryFromRealClip start_times")
+        return float(choices[int(torch.randint(len(choices), (1,), generator=shared_generator))])
+
+    def write_block(self, blocks: BlockGenerator, real: AVLatents, block: int, generator: torch.Generator | None,
+                    shared_generator: torch.Generator | None) -> AVLatents:
+        start = self.draw_start_time(blocks.times, shared_generator)
+        times = BlockTimes(*(None if ts is None else (start, *(t for t in ts if t < start))
+                             for ts in (blocks.times.video, blocks.times.audio)))
+        t = torch.full((real.batch_size,), start, device=latents_device(real))
+        noised = real.map(lambda m: add_noise(m, fresh_noise(m, generator), t))
+        draws = BlockDraws(noised, draw_renoise(noised, times, generator), blocks.context_noise(noised, generator))
+        return block_step(blocks.denoiser, block, draws, times, blocks.step_size, blocks.context_time,
+                          commit_to=blocks.commit_to)

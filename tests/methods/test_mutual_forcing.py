@@ -10,6 +10,8 @@ import torch
 from omniforcing.inference.dual_mode import DualModes, dual_modes_from_config, stream_blocks
 from omniforcing.methods.mutual_forcing import MutualForcing, block_latents, clip_layout, dmd_generator_loss
 from omniforcing.models.transformer import DualStreamTransformer
+from omniforcing.sampling.dual_mode import HistoryFromNoise, HistoryFromRealClip
+from omniforcing.sampling.schedule import BlockTimes
 from omniforcing.types import AVLatents
 
 TINY = dict(video_channels=4, video_grid=(2, 2), audio_channels=3, video_width=32, audio_width=16, depth=2,
@@ -113,24 +115,72 @@ def test_history_length_varies_with_the_shared_generator():
         MutualForcing(min_history_blocks=3).draw_history_blocks(3, None)
 
 
+def shifted(x0: AVLatents, layout, blocks: tuple[int, ...], amount: float = 3.0) -> AVLatents:
+    """``x0`` with the real latents of ``blocks`` shifted (video up, audio down)."""
+    other = x0.map(torch.clone)
+    for k in blocks:
+        video, audio = layout.block_slices(k)
+        other.video[:, video] += amount
+        other.audio[:, audio] -= amount
+    return other
+
+
 def test_flow_matching_trains_on_the_real_block_after_the_history():
     network = make_network()
-    objective = MutualForcing(min_history_blocks=1, max_history_blocks=1, teacher_steps=1)
     x0 = clip_latents()
     layout = clip_layout(network, x0)
+    objective = MutualForcing(min_history_blocks=1, max_history_blocks=1, teacher_steps=1)
     base = run(objective, network, x0).losses["loss_fm"]
-    zeros = run(objective, network, x0.map(torch.zeros_like)).losses["loss_fm"]
-    assert not torch.allclose(base, zeros)
-    # only block 1 (the trained block) enters the multi-step loss: the history comes from the few-step mode
-    other = x0.map(torch.clone)
-    for k in (0, 2):
-        video, audio = layout.block_slices(k)
-        other.video[:, video] += 3.0
-        other.audio[:, audio] -= 3.0
-    assert torch.equal(run(objective, network, other).losses["loss_fm"], base)
-    changed = x0.map(torch.clone)
-    changed.video[:, layout.block_slices(1)[0]] += 1.0
-    assert not torch.equal(run(objective, network, changed).losses["loss_fm"], base)
+    assert not torch.allclose(base, run(objective, network, x0.map(torch.zeros_like)).losses["loss_fm"])
+    # the trained block 1 enters the loss; a later block does not; the history follows the real block 0
+    assert not torch.equal(run(objective, network, shifted(x0, layout, (1,), 1.0)).losses["loss_fm"], base)
+    assert torch.equal(run(objective, network, shifted(x0, layout, (2,))).losses["loss_fm"], base)
+    assert not torch.equal(run(objective, network, shifted(x0, layout, (0,))).losses["loss_fm"], base)
+    # ablation: a history from fresh noise ignores the real clip, so only the trained block matters
+    ablation = MutualForcing(min_history_blocks=1, max_history_blocks=1, teacher_steps=1, history=HistoryFromNoise())
+    ablation_base = run(ablation, network, x0).losses["loss_fm"]
+    assert torch.equal(run(ablation, network, shifted(x0, layout, (0, 2))).losses["loss_fm"], ablation_base)
+
+
+def test_history_is_written_from_the_real_clip():
+    network = make_network()
+    x0 = clip_latents()
+    layout = clip_layout(network, x0)
+    objective = MutualForcing(min_history_blocks=2, teacher_steps=1)
+    base = run(objective, network, x0).history
+    assert len(base) == 2
+
+    def same(a: AVLatents, b: AVLatents) -> bool:
+        return torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
+
+    # the model's own few-step output, not the real clip itself
+    assert not any(same(h, block_latents(x0, layout, k)) for k, h in enumerate(base))
+    # changing real block 1 changes history block 1 only; changing block 0 changes both (block 1 reads it)
+    one = run(objective, network, shifted(x0, layout, (1,))).history
+    assert same(one[0], base[0]) and not same(one[1], base[1])
+    zero = run(objective, network, shifted(x0, layout, (0,))).history
+    assert not same(zero[0], base[0]) and not same(zero[1], base[1])
+    # the trained block (2) does not leak into its own history
+    assert all(same(a, b) for a, b in zip(run(objective, network, shifted(x0, layout, (2,))).history, base))
+    # a start time of 1 is pure noise: the same history as the ablation (same draws of the per-rank generator)
+    from_noise = run(MutualForcing(min_history_blocks=2, teacher_steps=1, history=HistoryFromNoise()), network, x0)
+    at_one = run(MutualForcing(min_history_blocks=2, teacher_steps=1, history=HistoryFromRealClip([1.0])), network,
+                 x0)
+    assert all(same(a, b) for a, b in zip(at_one.history, from_noise.history))
+    assert not any(same(a, b) for a, b in zip(base, from_noise.history))
+
+
+def test_history_start_times_come_from_the_grid_and_the_shared_generator():
+    times = BlockTimes.of((1.0, 0.75, 0.5, 0.25))
+    source = HistoryFromRealClip()
+    draws = [source.draw_start_time(times, torch.Generator().manual_seed(s)) for s in range(30)]
+    assert set(draws) == {0.75, 0.5, 0.25}
+    assert draws == [source.draw_start_time(times, torch.Generator().manual_seed(s)) for s in range(30)]
+    assert {HistoryFromRealClip([0.6]).draw_start_time(times, None)} == {0.6}
+    with pytest.raises(ValueError, match="start_times"):
+        HistoryFromRealClip([0.0])
+    with pytest.raises(ValueError, match="one-step grid"):
+        source.draw_start_time(BlockTimes.of((1.0,)), None)
 
 
 def test_teacher_forced_history_is_the_real_clip():

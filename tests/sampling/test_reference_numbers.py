@@ -9,6 +9,11 @@ same scenarios through the old functions (``inference.rollout.denoise_block``/``
 summarised by its sum, its absolute sum and its first three values. Equal numbers for a fixed seed mean the
 random draws still come in the same order. The KV cache became ring buffers after that commit (fabff68);
 these values still hold, so that change kept the numbers too.
+
+Mutual Forcing's history now follows the real clip (issue 14, item 1), which changes its numbers: the cases
+``mutual_forcing_*_history_from_noise`` run the old history (``HistoryFromNoise``, the ablation) and still give
+the values recorded at 294d32c; ``mutual_forcing_trajectory`` and ``mutual_forcing_dmd`` (the default,
+``HistoryFromRealClip``) were recorded when that change was made, with this file's ``__main__``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from omniforcing.methods.dmd import DistributionMatching
 from omniforcing.methods.mutual_forcing import MutualForcing
 from omniforcing.methods.self_forcing import SelfForcing
 from omniforcing.models.transformer import DualStreamTransformer
-from omniforcing.sampling.dual_mode import DualModes, stream_blocks
+from omniforcing.sampling.dual_mode import DualModes, HistoryFromNoise, HistorySource, stream_blocks
 from omniforcing.sampling.few_step import sample_few_step
 from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.types import AVLatents
@@ -90,13 +95,18 @@ def stage_three() -> dict[str, list[float]]:
             "grad": digest(grad)}
 
 
-def mutual_forcing(distillation: str) -> dict[str, list[float]]:
-    """A Mutual Forcing training loss (trajectory; or DMD with guidance, a critic, context noise, rollout input)."""
+def mutual_forcing(distillation: str, history: HistorySource | None = None) -> dict[str, list[float]]:
+    """A Mutual Forcing training loss (trajectory; or DMD with guidance, a critic, context noise, rollout input).
+
+    ``history=None`` is today's default (the history from the real clip); :class:`HistoryFromNoise` is the
+    variant every Mutual Forcing run used before issue 14, kept as an ablation with its numbers.
+    """
     student = network(0, causal=True, step_size_conditioning=True)
     if distillation == "trajectory":
-        objective, modes, critic = MutualForcing(teacher_steps=2, min_history_blocks=1), DualModes(), None
+        objective = MutualForcing(teacher_steps=2, min_history_blocks=1, history=history)
+        modes, critic = DualModes(), None
     else:
-        objective = MutualForcing(distillation="dmd", distill_input="rollout", min_history_blocks=1)
+        objective = MutualForcing(distillation="dmd", distill_input="rollout", min_history_blocks=1, history=history)
         modes = DualModes(video_cfg=2.0, audio_cfg=3.0, context_time=0.2, window_seconds=2)
         critic = network(9, causal=True, step_size_conditioning=True)
     step = objective.loss(student, clip(), CAPTIONS, modes, generator=torch.Generator().manual_seed(1),
@@ -142,6 +152,8 @@ SCENARIOS = {
     "stage_three": stage_three,
     "mutual_forcing_trajectory": lambda: mutual_forcing("trajectory"),
     "mutual_forcing_dmd": lambda: mutual_forcing("dmd"),
+    "mutual_forcing_trajectory_history_from_noise": lambda: mutual_forcing("trajectory", HistoryFromNoise()),
+    "mutual_forcing_dmd_history_from_noise": lambda: mutual_forcing("dmd", HistoryFromNoise()),
     "streaming": streaming,
     "dual_mode_few_step": lambda: dual_mode("few_step"),
     "dual_mode_multi_step": lambda: dual_mode("multi_step"),
@@ -160,6 +172,18 @@ RECORDED: dict[str, dict[str, list[float]]] = {
         "video": [-108.7444616407156, 239.91807785630226, -0.5460447072982788, 1.7197613716125488, -0.2926253080368042],
     },
     "mutual_forcing_dmd": {
+        "loss": [13.990911483764648] * 3,
+        "loss_critic": [5.9070940017700195] * 3,
+        "loss_critic_audio": [3.3444318771362305] * 3,
+        "loss_critic_video": [2.562662363052368] * 3,
+        "loss_distill": [1.9751670360565186] * 3,
+        "loss_distill_audio": [0.5966836810112] * 3,
+        "loss_distill_video": [1.3784832954406738] * 3,
+        "loss_fm": [6.108650207519531] * 3,
+        "loss_fm_audio": [3.344676971435547] * 3,
+        "loss_fm_video": [2.7639734745025635] * 3,
+    },
+    "mutual_forcing_dmd_history_from_noise": {
         "loss": [20.425804138183594] * 3,
         "loss_critic": [10.51747989654541] * 3,
         "loss_critic_audio": [4.6611199378967285] * 3,
@@ -172,6 +196,15 @@ RECORDED: dict[str, dict[str, list[float]]] = {
         "loss_fm_video": [4.6814703941345215] * 3,
     },
     "mutual_forcing_trajectory": {
+        "loss": [6.195036888122559] * 3,
+        "loss_distill": [0.07329746335744858] * 3,
+        "loss_distill_audio": [0.040395338088274] * 3,
+        "loss_distill_video": [0.032902125269174576] * 3,
+        "loss_fm": [6.121739387512207] * 3,
+        "loss_fm_audio": [3.2265825271606445] * 3,
+        "loss_fm_video": [2.8951570987701416] * 3,
+    },
+    "mutual_forcing_trajectory_history_from_noise": {
         "loss": [6.931493759155273] * 3,
         "loss_distill": [0.9563133716583252] * 3,
         "loss_distill_audio": [0.6366408467292786] * 3,

@@ -21,6 +21,7 @@ from omniforcing.inference.stream_settings import settings_from_config
 from omniforcing.inference.streaming import StreamingGenerator
 from omniforcing.methods.mutual_forcing import MutualForcing
 from omniforcing.models.transformer import DualStreamTransformer
+from omniforcing.sampling.dual_mode import HistoryFromNoise, HistoryFromRealClip
 from omniforcing.training.base import AVLitModule
 from omniforcing.training.cli import OmniCLI
 from omniforcing.training.mutual_forcing import MutualForcingLitModule
@@ -167,9 +168,10 @@ def test_few_step_stream_is_the_streaming_engines_stream(context_time):
     assert (other_mode.generate_latents(CAPTIONS[0], seconds=2, seed=3).video - want.video).abs().max() > 1e-4
 
 
-def _recipe_cli(tmp_path: Path, stage: str, *extra: str) -> OmniCLI:
-    args = [*recipe_args(["base.yaml", "data/synthetic.yaml", f"mutual_forcing/{stage}.yaml", "latents/patch.yaml",
-                          "model/tiny.yaml", "debug/tiny_cpu.yaml"]),
+def _recipe_cli(tmp_path: Path, stage: str, *extra: str, ablation: str | None = None) -> OmniCLI:
+    ablations = [] if ablation is None else [f"mutual_forcing/ablations/{ablation}.yaml"]
+    args = [*recipe_args(["base.yaml", "data/synthetic.yaml", f"mutual_forcing/{stage}.yaml", *ablations,
+                          "latents/patch.yaml", "model/tiny.yaml", "debug/tiny_cpu.yaml"]),
             f"--trainer.logger.init_args.save_dir={tmp_path}", *extra]
     return OmniCLI(AVLitModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                    run=False, save_config_kwargs={"overwrite": True})
@@ -182,12 +184,33 @@ def test_every_recipe_parses_and_trains_a_step(tmp_path):
         module = _recipe_cli(tmp_path, stage, *extra).model
         assert isinstance(module, MutualForcingLitModule) and module.modality == modality
         assert module.network.causal and module.network.step_size_conditioning
+        assert type(module.objective.history) is HistoryFromRealClip  # the default: history from the real clip
         attach(module, step=0, rank=0)
         result = module.compute_step(latent_batch(seconds=1), module.step_generator(), module.step_generator(True, 1))
         result.losses["loss"].backward()
         assert torch.isfinite(result.losses["loss"])
         if stage != "joint":
             paths[modality] = save_network(module.network, tmp_path / f"{stage}.ckpt")
+
+
+def test_history_from_noise_ablation_parses_and_trains_a_step(tmp_path):
+    one_block = "--model.init_args.objective.init_args.min_history_blocks=1"
+    module = _recipe_cli(tmp_path, "video_only", one_block, ablation="history_from_noise").model
+    assert type(module.objective.history) is HistoryFromNoise
+    assert module.objective.distill_times == MutualForcing(
+        distill_times=[1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]).distill_times  # objective.yaml kept
+    attach(module, step=0, rank=0)
+    batch = latent_batch(seconds=1)
+    result = module.compute_step(batch, module.step_generator(), module.step_generator(True, 1))
+    result.losses["loss"].backward()
+    assert torch.isfinite(result.losses["loss"])
+    default = _recipe_cli(tmp_path, "video_only", one_block).model
+    default.network.load_state_dict(module.network.state_dict())
+    attach(default, step=0, rank=0)
+    same_draws = default.compute_step(batch, default.step_generator(), default.step_generator(True, 1))
+    # same weights and seeds, one history block each; the two sources write different histories
+    assert result.history_blocks == same_draws.history_blocks == 1
+    assert not torch.equal(same_draws.history[0].video, result.history[0].video)
 
 
 class HistoryRecorder(L.Callback):
