@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import socket
+import time
 
 import torch
 
@@ -56,12 +58,36 @@ def serve(
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"serve: {error}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warm_up(generator)
     try:
         asyncio.run(_run(server, host, port, checkpoint))
     except KeyboardInterrupt:
         print("stopped")
     except OSError as error:  # e.g. the port is taken
         raise SystemExit(f"serve: cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+WARM_UP_MAX_SECONDS = 20
+"""Longest warm-up stream (a model that never evicts would otherwise meet a new shape at every block)."""
+
+
+def warm_up(generator: StreamingGenerator) -> int:
+    """Compile the captured block step for every shape a stream meets before the first viewer waits for it.
+
+    With ``settings.compile`` (the default on CUDA) the first forwards of each shape compile, and a stream meets
+    a new shape at every block until its window is full, so the first viewer would wait for compilation block
+    after block. A throw-away stream of one window (at most :data:`WARM_UP_MAX_SECONDS`) does it at start-up;
+    later streams reuse the compiled graphs. Eager generators (CPU) need none. Returns the blocks generated.
+    """
+    if not generator.compiled:
+        return 0
+    window = generator.settings.window_seconds
+    seconds = min(WARM_UP_MAX_SECONDS, math.ceil(window) + 1 if window is not None else WARM_UP_MAX_SECONDS)
+    print(f"warming up the captured block step ({seconds} s stream) ...", flush=True)
+    start = time.perf_counter()
+    blocks = sum(1 for _ in generator.stream("warm-up", seconds=seconds))
+    print(f"warmed up in {time.perf_counter() - start:.1f} s", flush=True)
+    return blocks
 
 
 async def _run(server: LiveServer, host: str, port: int, checkpoint: str) -> None:

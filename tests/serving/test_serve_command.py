@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from omniforcing.commands.serve import is_loopback, serve
+from omniforcing.commands.serve import is_loopback, serve, warm_up
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,3 +49,11 @@ def test_the_command_serves_the_page_until_interrupted():
         server.send_signal(signal.SIGINT)
         output, _ = server.communicate(timeout=30)
     assert server.returncode == 0 and "stopped" in output and "Traceback" not in output
+
+
+def test_warm_up_runs_one_window_only_when_block_steps_are_captured(generator, monkeypatch):
+    streamed = []
+    monkeypatch.setattr(generator, "stream", lambda prompt, seconds: streamed.append(seconds) or iter(range(seconds)))
+    assert warm_up(generator) == 0 and streamed == []  # eager on CPU: nothing to compile
+    monkeypatch.setattr(type(generator), "compiled", property(lambda self: True))
+    assert warm_up(generator) == 11 and streamed == [11]  # 10-s window: blocks until it is full, and one more
