@@ -204,8 +204,9 @@ class AVKVCache:
         for ring, kinds, index in ((state.video, VIDEO_KINDS, 0), (state.audio, AUDIO_KINDS, 1)):
             spans = _valid_spans(state, ring, self._window(index), state.tail[index])
             for kind in kinds if ring is not None else ():
-                if ring.allocated(layer, kind):
-                    key = torch.cat([ring.key[layer][kind][:, :, lo:hi] for (lo, hi), _ in spans], dim=2)
+                if ring.allocated(layer, kind):  # block 0's keys unrotated (the "relative" policy rotates a copy)
+                    key = torch.cat([ring.pinned_keys(layer, kind) if block == 0 else ring.key[layer][kind][:, :, lo:hi]
+                                     for (lo, hi), block in spans], dim=2)
                     value = torch.cat([ring.value[layer][kind][:, :, lo:hi] for (lo, hi), _ in spans], dim=2)
                     out[kind] = CachedKV(key, value, key.shape[2])
         return LayerKV(**out)
