@@ -95,7 +95,7 @@ class BlockScheduler:
                 self._pending.clear()
             for stream, work in list(self._work.values()):
                 self._visit(stream, work)
-        for stream, _ in list(self._work.values()):
+        for stream in [s for s, _ in self._work.values()] + self._pending:
             stream.end("shutdown")
             self._release(stream)
 
@@ -122,7 +122,7 @@ class BlockScheduler:
                 stream.client_waits += 1
                 stream.state = "waiting"
             elif now - work.waiting_since > self.stall_seconds:
-                log.warning("stream %d: client took nothing for %.0f s, dropped", stream.number, self.stall_seconds)
+                log.warning("stream %d: client behind for %.0f s, dropped", stream.number, self.stall_seconds)
                 stream.end("stalled")
 
     def _step(self, stream: LiveStream, work: _Work) -> None:
@@ -148,7 +148,12 @@ class BlockScheduler:
 
     def _release(self, stream: LiveStream) -> None:
         """Close the stream's generator on this thread (frees its KV cache and decoder state) and report it."""
-        _, work = self._work.pop(stream.number)
-        work.blocks.close()  # type: ignore[attr-defined]  # a generator
-        work.fragments.close()
-        self.on_release(stream)
+        _, work = self._work.pop(stream.number, (stream, None))
+        try:
+            if work is not None:
+                work.blocks.close()  # type: ignore[attr-defined]  # a generator
+                work.fragments.close()
+        except Exception:  # noqa: BLE001 - the slot is freed anyway; the thread must go on for the others
+            log.exception("stream %d: closing its generator failed", stream.number)
+        finally:
+            self.on_release(stream)
