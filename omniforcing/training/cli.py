@@ -43,12 +43,13 @@ class TensorBoardConfig(SaveConfigCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.already_saved:
             return
-        if self.save_to_log_dir and trainer.is_global_zero:
-            log_dir = trainer.log_dir  # rank zero only: the folder exists once the logger made it
+        if self.save_to_log_dir:
+            log_dir = trainer.log_dir  # a collective (it broadcasts rank zero's folder): every rank calls it
             assert log_dir is not None
-            get_filesystem(log_dir).makedirs(log_dir, exist_ok=True)
-            self.parser.save(self.config, os.path.join(log_dir, self.config_filename), skip_unset=False,
-                             overwrite=self.overwrite, multifile=self.multifile)
+            if trainer.is_global_zero:  # the logger makes the folder only when it first logs
+                get_filesystem(log_dir).makedirs(log_dir, exist_ok=True)
+                self.parser.save(self.config, os.path.join(log_dir, self.config_filename), skip_unset=False,
+                                 overwrite=self.overwrite, multifile=self.multifile)
         if trainer.is_global_zero:
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
