@@ -49,11 +49,15 @@ def fit_patch_codec_statistics(out: Path, clip: ClipSpec, clips: int = 64, seed:
 
 
 def write_trainer_overrides(out: Path, ema_decay: float) -> Path:
-    """A config replacing base.yaml's callbacks for short runs: last checkpoint + an EMA fitted to the run length."""
+    """A config replacing base.yaml's callbacks for short runs: last checkpoint + an EMA from the first step.
+
+    The EMA warms up (``min(ema_decay, (1 + n) / (10 + n))`` at its ``n``-th update, callbacks/ema.py), so a run of
+    tens of steps exports an average of its last steps, not mostly its starting weights.
+    """
     config = {"trainer": {"callbacks": [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 100}},
-        {"class_path": "omniforcing.callbacks.EMA", "init_args": {"decay": ema_decay, "start_step": 0}},
+        {"class_path": "omniforcing.callbacks.EMA", "init_args": {"decay": ema_decay, "start_step": 0, "warmup": True}},
         {"class_path": "omniforcing.callbacks.Throughput"},
     ]}}
     path = out / "pipeline_trainer.json"
@@ -110,7 +114,8 @@ def run_pipeline(out: Path = Path("runs/mutual_forcing_pipeline"), *, steps: int
         batch_size: clips per step.
         model: size recipe ``recipes/model/<model>.yaml``.
         latents: latent recipe ``recipes/latents/<latents>.yaml`` (``patch`` fits its statistics first).
-        ema_decay: EMA decay of the weights that are coupled and exported.
+        ema_decay: EMA decay cap of the weights that are coupled and exported (reached after a warm-up of
+            ``(10 decay - 1) / (1 - decay)`` updates, 890 for 0.99: short runs average their last steps).
         prompt: caption of the streamed clip.
         seed: run seed.
         threads: torch CPU threads (``None``: torch's default).

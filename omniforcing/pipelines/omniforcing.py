@@ -177,7 +177,9 @@ def run_pipeline(out: Path = Path("runs/omniforcing_pipeline"), *, model: str = 
         ablations: variants run after the main chain (Stage II + III each, sharing teacher, Stage I and pairs).
         stream_seconds: length of the streamed clip.
         window: KV-cache window of the stream in seconds (``None``: never evict).
-        ema_decay: EMA decay of every stage (the EMA weights are what the next stage loads).
+        ema_decay: EMA decay cap of every stage (the EMA weights are what the next stage loads); the EMA warms up
+            (``min(decay, (1 + n) / (10 + n))``, callbacks/ema.py), so a 12-step stage exports an average of its
+            last steps, not mostly its starting weights.
         prompt: caption of the streamed clip.
         seed: run seed (data, noise, pairs).
         threads: torch CPU threads (``None``: torch's default; 1 on a shared machine).

@@ -1,11 +1,14 @@
 """The EMA advances once per optimiser step of the trained network: DMD (5:1 critic/generator), accumulation,
-one-optimiser modules (teacher, Mutual Forcing), and resumed counts."""
+one-optimiser modules (teacher, Mutual Forcing), and resumed counts; its warm-up decay ``min(decay, (1+n)/(10+n))``."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightning as L
+import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from omniforcing.callbacks import EMA
 from omniforcing.codecs import AVCodec, MelAudioCodec, PatchVideoCodec
@@ -28,12 +31,14 @@ class NetworkSnapshots(L.Callback):
             self.states.append({k: v.detach().clone() for k, v in pl_module.network.state_dict().items()})
 
 
-def hand_ema(states: list[dict[str, Tensor]], decay: float) -> dict[str, Tensor]:
-    """The first state copied, then ``shadow = decay * shadow + (1 - decay) * state`` for each later one."""
+def hand_ema(states: list[dict[str, Tensor]], decay: float, warmup: bool = True) -> dict[str, Tensor]:
+    """The first state copied, then ``shadow = d_n * shadow + (1 - d_n) * state`` for the ``n``-th later one, with
+    ``d_n = min(decay, (1 + n) / (10 + n))`` (warm-up) or ``decay``."""
     shadow = {k: v.clone() for k, v in states[0].items()}
-    for state in states[1:]:
+    for n, state in enumerate(states[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n)) if warmup else decay
         for key, value in state.items():
-            shadow[key] = decay * shadow[key] + (1 - decay) * value if value.is_floating_point() else value
+            shadow[key] = d * shadow[key] + (1 - d) * value if value.is_floating_point() else value
     return shadow
 
 
@@ -51,6 +56,8 @@ def test_dmd_ema_updates_once_per_generator_step(teacher, tmp_path):
     assert (GeneratorSGD.steps, CriticSGD.steps) == (4, 20) and run.global_step == 24
     assert ema.num_updates == 4 and ema.network_steps == 4
     assert_shadow_equals(ema, hand_ema(snapshots.states, 0.9))
+    assert not torch.allclose(ema.shadow["video.proj_in.weight"],
+                              hand_ema(snapshots.states, 0.9, warmup=False)["video.proj_in.weight"])
     assert not torch.equal(snapshots.states[0]["video.proj_in.weight"], snapshots.states[-1]["video.proj_in.weight"])
 
 
@@ -102,3 +109,36 @@ def test_ema_state_round_trips_the_step_count():
     restored = EMA(decay=0.9, start_step=3)
     restored.load_state_dict(ema.state_dict())
     assert (restored.network_steps, restored.num_updates) == (7, 5)
+
+
+def scalar_ema(values: list[float], **kwargs) -> EMA:
+    """An EMA of a one-weight network driven through the callback hooks, one optimiser step per value."""
+    network = nn.Linear(1, 1, bias=False)
+    module, trainer = SimpleNamespace(network=network), SimpleNamespace(global_step=0)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    ema = EMA(**kwargs)
+    ema.on_train_start(trainer, module)
+    for value in values:
+        with torch.no_grad():
+            network.weight.fill_(value)
+        ema.on_before_optimizer_step(trainer, module, optimizer)
+        ema.on_train_batch_end(trainer, module)
+    return ema
+
+
+def test_warmup_decay_by_hand():
+    ema = EMA(decay=0.9)
+    assert [ema.decay_at(n) for n in (0, 1, 2, 79, 80, 500)] == [0.0, 2 / 11, 3 / 12, 80 / 89, 0.9, 0.9]
+    assert EMA(decay=0.9, warmup=False).decay_at(1) == 0.9
+    # copy 1; then 2/11 * 1 + 9/11 * 2 = 20/11; 3/12 * 20/11 + 9/12 * 3 = 119/44; 4/13 * 119/44 + 9/13 * 4 = 515/143
+    assert scalar_ema([1.0, 2.0, 3.0, 4.0], decay=0.9).shadow["weight"].item() == pytest.approx(515 / 143)
+    # without warm-up: 1 -> 1.1 -> 1.29 -> 1.561
+    assert scalar_ema([1.0, 2.0, 3.0, 4.0], decay=0.9, warmup=False).shadow["weight"].item() == pytest.approx(1.561)
+
+
+def test_warmup_forgets_the_starting_weights_of_a_short_run():
+    # 50 generator steps at 0.99 (the pipelines' demo runs): the starting weight 1 and then 0 at every step
+    warm, plain = scalar_ema([1.0] + [0.0] * 49, decay=0.99), scalar_ema([1.0] + [0.0] * 49, decay=0.99, warmup=False)
+    assert plain.shadow["weight"].item() == pytest.approx(0.99 ** 49)  # 61 % of the starting weights
+    assert warm.shadow["weight"].item() == pytest.approx(3628800 / (51 * 52 * 53 * 54 * 55 * 56 * 57 * 58 * 59))
+    assert warm.shadow["weight"].item() < 1e-9
