@@ -10,6 +10,11 @@ latent gives one token. ``num_audio_sinks`` learnable tokens (init N(0, 0.02²))
 sequence: they belong to block 0, take the first audio latent's timestep, have identity RoPE, are visible to
 every query and are dropped before the output head. The output is the flow velocity ``v = eps - x0`` in the
 input's shape.
+
+A forward is host bookkeeping (input checks, the call's layout, the cache's memoised plan of the block, RoPE
+tables from the memoised geometry, and after a commit ``cache.advance``) around :meth:`DualStreamTransformer.core`,
+the tensor work, which makes no host synchronisation and changes no host state: :meth:`compile_core` compiles
+it (CUDA graphs with ``mode="reduce-overhead"``; issue 12).
 """
 
 from __future__ import annotations
