@@ -7,11 +7,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from omniforcing.data import AVDataModule
 from omniforcing.data.inspection import format_summary, inspect_shards
+from omniforcing.data.latent_shards import plan_windows
+from omniforcing.data.ode_pairs import ODEPairStream, encode_pair
 from omniforcing.data.shards import ShardDamageError, ShardSink, iter_tar_samples
-from omniforcing.types import ClipSpec
+from omniforcing.types import AVLatents, ClipSpec
 
 
 def _one_shard_of_eight(tiny_shards: Path, out: Path) -> Path:
@@ -24,10 +27,14 @@ def _one_shard_of_eight(tiny_shards: Path, out: Path) -> Path:
     return out / "shard-000000.tar"
 
 
+def _member_offset(shard: Path, member: int) -> int:
+    with tarfile.open(shard) as archive:
+        return archive.getmembers()[member].offset
+
+
 def _corrupt_header(shard: Path, member: int) -> None:
     """Overwrite the header block of tar member number ``member`` (its checksum no longer matches)."""
-    with tarfile.open(shard) as archive:
-        offset = archive.getmembers()[member].offset
+    offset = _member_offset(shard, member)
     data = bytearray(shard.read_bytes())
     data[offset:offset + 512] = b"\xff" * 512
     shard.write_bytes(bytes(data))
@@ -85,3 +92,28 @@ def test_inspect_and_datamodule_report_the_lost_samples_and_the_shard(tiny_shard
     assert module.skipped_samples() == 1 and counter.lost == 7 and counter.damaged == [str(shard)]
     assert f"skipping damaged shard {shard}" in caplog.text and "7 samples after it lost" in caplog.text
     assert counter.summary().endswith(f"7 samples lost in damaged shards ({shard})")
+
+
+def test_encode_planning_names_the_damaged_shard(tiny_shards, tmp_path):
+    shard = _one_shard_of_eight(tiny_shards, tmp_path)
+    offset = _member_offset(shard, 2)
+    _corrupt_header(shard, 2)
+    windows, skipped = plan_windows([str(shard)], seconds=1, stride_seconds=1, fps=24, sample_rate=16000, size=32)
+    assert {window.key for window in windows} == {"00000000"}
+    assert skipped == [f"shard-000000.tar: unreadable shard data after {len(windows)} windows (unreadable tar "
+                       f"header at byte {offset}; 7 samples after it lost)"]
+
+
+def test_ode_pair_stream_counts_the_pairs_lost_in_a_damaged_shard(tmp_path, caplog):
+    times = [1.0, 0.5, 0.0]
+    with ShardSink(tmp_path, 100) as sink:
+        for index in range(4):
+            states = AVLatents(None, torch.full((3, 2, 4), float(index)))
+            sink.write(f"{index:08d}", encode_pair(f"clip {index}", times, states, {"index": index}))
+    _corrupt_header(tmp_path / "shard-000000.tar", 4)  # members: json, audio_states per pair: pair 2's first
+    stream = ODEPairStream([str(tmp_path / "shard-000000.tar")], batch_size=8, shuffle=False)
+    with caplog.at_level(logging.WARNING, logger="omniforcing.data.pipeline"):
+        (batch,) = list(stream)
+    assert batch.keys == ["00000000", "00000001"]
+    assert stream.counter.lost == 2 and stream.counter.damaged == [str(tmp_path / "shard-000000.tar")]
+    assert "skipping damaged shard" in caplog.text and "2 samples after it lost" in caplog.text
