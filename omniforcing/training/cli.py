@@ -23,7 +23,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback, _get_module_type, _InstantiatorFn
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from omniforcing.errors import InvalidInputError
+from omniforcing.errors import InvalidInputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +151,15 @@ class OmniCLI(LightningCLI):
 
         Every launch gets a new ``version_N`` folder, where Lightning's own ``"last"`` lookup finds nothing and
         silently starts from scratch; a killed run is resumed by launching the same command again with
-        ``--ckpt_path last``. Without any earlier checkpoint Lightning's behaviour stays: a fresh start.
+        ``--ckpt_path last``. Without any earlier checkpoint Lightning's behaviour stays: a fresh start. A path
+        that does not exist is a :class:`~omniforcing.errors.MissingInputError` here, before the model is set up.
         """
         config = self.config_init[self.subcommand]
         logger = self.trainer.logger
-        if config.get("ckpt_path") != "last" or not isinstance(logger, TensorBoardLogger):
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path not in (None, "last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+            raise MissingInputError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+        if ckpt_path != "last" or not isinstance(logger, TensorBoardLogger):
             return
         found = newest_last_checkpoint(Path(logger.root_dir))
         if found is not None:

@@ -101,6 +101,10 @@ def test_fit_bad_values_are_one_line(tmp_path, capsys):
     assert 'Parser key "trainer.max_steps"' in user_error(capsys, ["fit", "-c", str(RECIPES / "base.yaml"),
                                                                    "--trainer.max_steps", "abc"])
     assert "File does not exist" in user_error(capsys, ["fit", "-c", str(tmp_path / "nope.yaml")])
+    teacher = [item for name in ("base.yaml", "data/synthetic.yaml", "teacher/joint.yaml", "latents/patch.yaml",
+                                 "model/tiny.yaml") for item in ("-c", str(RECIPES / name))]
+    assert "--ckpt_path " + str(tmp_path / "gone.ckpt") + ": no such checkpoint file" in user_error(capsys, [
+        "fit", *teacher, f"--trainer.logger.init_args.save_dir={tmp_path}", "--ckpt_path", str(tmp_path / "gone.ckpt")])
 
 
 def test_debug_keeps_the_traceback_and_bugs_are_not_swallowed(tmp_path, monkeypatch):
