@@ -7,6 +7,7 @@ listed as readable here is one the datamodule can use.
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import numpy as np
 
 from omniforcing.data.decoding import AUDIO_LATENTS, VIDEO_LATENTS, BadSampleError, parse_metadata
 from omniforcing.data.media import MediaError, read_av
-from omniforcing.data.shards import ShardDamageError, iter_tar_samples, resolve_shards
+from omniforcing.data.shards import MANIFEST_NAME, ShardDamageError, iter_tar_samples, resolve_shards
 
 
 @dataclass
@@ -34,6 +35,9 @@ class ShardSummary:
         unreadable: ``(shard, key, reason)`` of each unusable sample or shard.
         lost: samples lost after the damage in shards that could not be read to their end.
         damaged: names of those shards.
+        seen: samples met in the shards, readable or not (not counting ``lost``).
+        expected: samples the folder's ``dataset.json`` records (``None``: no manifest, or not a folder).
+        missing: shards the manifest lists that are not in the folder.
     """
 
     shards: list[str] = field(default_factory=list)
@@ -48,6 +52,9 @@ class ShardSummary:
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)
     lost: int = 0
     damaged: list[str] = field(default_factory=list)
+    seen: int = 0
+    expected: int | None = None
+    missing: list[str] = field(default_factory=list)
 
     @property
     def samples(self) -> int:
@@ -96,6 +103,7 @@ def inspect_shards(spec: str | Path, max_captions: int = 5) -> ShardSummary:
         name = Path(shard).name
         try:
             for key, members in iter_tar_samples(shard):
+                summary.seen += 1
                 try:
                     _inspect_sample(summary, key, members, max_captions)
                 except (BadSampleError, MediaError, ValueError, OSError, EOFError) as error:
@@ -104,7 +112,22 @@ def inspect_shards(spec: str | Path, max_captions: int = 5) -> ShardSummary:
             summary.unreadable.append((name, "-", f"unreadable shard data: {error}"))
             summary.damaged.append(name)
             summary.lost += error.lost if isinstance(error, ShardDamageError) else 0
+    if Path(spec).is_dir():
+        _compare_with_manifest(summary, Path(spec))
     return summary
+
+
+def _compare_with_manifest(summary: ShardSummary, folder: Path) -> None:
+    """Record what the folder's ``dataset.json`` promises: its sample count and the shards it lists."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return
+    manifest = json.loads(path.read_text())
+    if isinstance(manifest.get("samples"), int):
+        summary.expected = manifest["samples"]
+    listed = manifest.get("shards")
+    if isinstance(listed, list):
+        summary.missing = [str(name) for name in listed if not (folder / str(name)).is_file()]
 
 
 def _counts(counter: Counter, unit: str = "") -> str:
@@ -132,4 +155,10 @@ def format_summary(summary: ShardSummary) -> str:
     if summary.damaged:
         lines.append(f"damaged shards: {len(summary.damaged)} ({', '.join(summary.damaged)}), "
                      f"{summary.lost} samples lost after the damage")
+    if summary.missing:
+        lines.append(f"missing shards: {len(summary.missing)} listed in {MANIFEST_NAME} ({', '.join(summary.missing)})")
+    if summary.expected is not None:
+        unaccounted = summary.expected - summary.seen - summary.lost
+        lines.append(f"{MANIFEST_NAME}: {summary.expected} samples"
+                     + (f"; {unaccounted} of them not found in the shards" if unaccounted > 0 else ""))
     return "\n".join(lines)

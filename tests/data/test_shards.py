@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -117,3 +118,16 @@ def test_ode_pair_stream_counts_the_pairs_lost_in_a_damaged_shard(tmp_path, capl
     assert batch.keys == ["00000000", "00000001"]
     assert stream.counter.lost == 2 and stream.counter.damaged == [str(tmp_path / "shard-000000.tar")]
     assert "skipping damaged shard" in caplog.text and "2 samples after it lost" in caplog.text
+
+
+def test_inspect_compares_the_folder_with_its_manifest(tiny_shards, tmp_path):
+    intact = format_summary(inspect_shards(tiny_shards))
+    assert "dataset.json: 8 samples" in intact and "not found" not in intact and "missing shards" not in intact
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_shards, folder)
+    (folder / "shard-000002.tar").unlink()
+    summary = inspect_shards(folder)
+    assert summary.samples == 6 and summary.expected == 8 and summary.missing == ["shard-000002.tar"]
+    text = format_summary(summary)
+    assert "missing shards: 1 listed in dataset.json (shard-000002.tar)" in text
+    assert "dataset.json: 8 samples; 2 of them not found in the shards" in text
