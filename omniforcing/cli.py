@@ -112,6 +112,7 @@ def main(args: Sequence[str] | None = None) -> None:
 
 
 def _run(argv: list[str], debug: bool) -> None:
+    """Dispatch to LightningCLI or the command functions; parsers raise instead of exiting unless ``debug``."""
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         from omniforcing.training.cli import check_recipe_order, run_lightning_cli
 
