@@ -35,7 +35,7 @@ Semantics (the contract the methods and the streaming engine rely on):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -99,6 +99,7 @@ class CachePlan:
         video: plan of the video ring, ``None`` without video.
         audio: plan of the audio ring.
         tail: tokens of the call's last block per modality when it is partial.
+        masks: memo of the call's attention masks (several blocks in one call), made by the model once per plan.
     """
 
     state: CacheState
@@ -108,6 +109,7 @@ class CachePlan:
     video: HistoryPlan | None
     audio: HistoryPlan | None
     tail: tuple[int, int]
+    masks: dict = field(default_factory=dict)
 
     def layer(self, index: int) -> dict[str, RingKV]:
         """Ring storage of layer ``index`` per attention kind (kinds without history are absent)."""

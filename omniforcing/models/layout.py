@@ -303,13 +303,13 @@ def block_causal_masks(layout: BlockLayout, tokens_per_frame: int, num_sinks: in
                                  ("video_self", "audio_self", "audio_to_video", "video_to_audio")})
 
 
-@functools.lru_cache(maxsize=64)
-def additive_masks(masks: AttentionMasks, dtype: torch.dtype) -> AttentionMasks:
-    """``masks`` as additive float masks (0 = attend, -inf = hidden) in the compute dtype, made once per mask set.
+def to_additive(masks: AttentionMasks, dtype: torch.dtype) -> AttentionMasks:
+    """``masks`` as additive float masks (0 = attend, -inf = hidden) in the compute dtype.
 
     ``scaled_dot_product_attention`` turns a boolean mask into this form on every call; handing it the additive
-    form, cached per layout, means no mask tensor is built per call (the fused memory-efficient / cuDNN kernels
-    take it as an attention bias). Equal results: adding 0 or -inf to a score is what the boolean mask does.
+    form, made once, means no mask tensor is built per call (the fused memory-efficient / cuDNN kernels take it
+    as an attention bias). Equal results: adding 0 or -inf to a score is what the boolean mask does. Made
+    outside inference mode, so training forwards can use masks first made while sampling.
     """
     def convert(mask: Tensor | None) -> Tensor | None:
         if mask is None:
@@ -319,3 +319,9 @@ def additive_masks(masks: AttentionMasks, dtype: torch.dtype) -> AttentionMasks:
 
     return AttentionMasks(*(convert(getattr(masks, name)) for name in
                             ("video_self", "audio_self", "audio_to_video", "video_to_audio")))
+
+
+@functools.lru_cache(maxsize=64)
+def additive_masks(masks: AttentionMasks, dtype: torch.dtype) -> AttentionMasks:
+    """:func:`to_additive` of a mask set from :func:`block_causal_masks`, made once per mask set and dtype."""
+    return to_additive(masks, dtype)

@@ -28,10 +28,11 @@ from omniforcing.models.kv_cache import AVKVCache, CachePlan, PrefixPosition
 from omniforcing.models.layers import RMSNorm, TimestepEmbedding, modulate
 from omniforcing.models.layout import (
     AttentionMasks,
-    additive_masks,
     BlockLayout,
     PrefixLayout,
+    additive_masks,
     block_causal_masks,
+    to_additive,
     visibility_masks,
     window_blocks,
 )
@@ -225,7 +226,7 @@ class DualStreamTransformer(nn.Module):
                                  self._grid.audio_start(block) + num_audio if num_audio else None)
             plan = self.cache_plan(cache, layout, block, num_video > 0, num_audio > 0)
             masks = None if layout.num_blocks - block > 1 else AttentionMasks()  # one block: all history visible
-        call, _, _ = self._call(layout, block, num_video, num_audio, masks, cache)
+        call, _, _ = self._call(layout, block, num_video, num_audio, masks, cache, plan)
         with_sinks = audio is not None and block == 0 and self.num_audio_sinks > 0
         text_kv = (self._text_kv(text) if cache is None
                    else cache.text_kv(text, lambda: self._text_kv(text, padded=True)))
@@ -350,10 +351,12 @@ class DualStreamTransformer(nn.Module):
         return additive_masks(masks, self._dtype())
 
     def _call(self, layout: BlockLayout, block: int, num_video: int, num_audio: int, masks: AttentionMasks | None,
-              cache: AVKVCache | None) -> tuple[LayerCall, Tensor | None, Tensor | None]:
+              cache: AVKVCache | None,
+              plan: CachePlan | None = None) -> tuple[LayerCall, Tensor | None, Tensor | None]:
         """The :class:`LayerCall` of inputs starting at ``block`` and their per-token block ids.
 
-        ``masks=None`` asks for masks over ``[history | current]`` keys (several blocks in one cached call).
+        ``masks=None`` asks for masks over ``[history | current]`` keys (several blocks in one cached call), made
+        once per cache plan (additive) and reused by every call of that plan.
         """
         device, dtype = self._device(), self._dtype()
         sinks = self.num_audio_sinks if block == 0 else 0
@@ -362,8 +365,12 @@ class DualStreamTransformer(nn.Module):
         video_ids = None if video is None else video.blocks
         audio_ids = None if audio is None else audio.blocks
         if masks is None:
-            masks = visibility_masks(video_ids, audio_ids, _cat_ids(cache.video_blocks, video_ids),
-                                     _cat_ids(cache.audio_blocks, audio_ids), cache.video_window, cache.audio_window)
+            if "masks" not in plan.masks:
+                plan.masks["masks"] = to_additive(
+                    visibility_masks(video_ids, audio_ids, _cat_ids(cache.video_blocks, video_ids),
+                                     _cat_ids(cache.audio_blocks, audio_ids), cache.video_window, cache.audio_window),
+                    dtype)
+            masks = plan.masks["masks"]
         shift = cache.relative_shift(block) if cache is not None else 0.0
         self_shift, cross_shift = self.geometry.time_shift(shift, device, dtype) if shift else (None, None)
         video_call = None if video is None else StreamCall(video.self_rope, video.cross_rope, self_shift, cross_shift)
