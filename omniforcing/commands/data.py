@@ -20,6 +20,12 @@ def clip_spec(seconds: int, fps: int, sample_rate: int, size: int) -> ClipSpec:
         raise InvalidInputError(str(error)) from error
 
 
+def check_workers(workers: int | None) -> None:
+    """``--workers``: a count of processes, 0 for none, or unset for the default."""
+    if workers is not None and workers < 0:
+        raise InvalidInputError(f"--workers must be >= 0 (0: no worker processes), got {workers}")
+
+
 def synth(*, out: Path, clips: int, seconds: int, seed: int = 0, shard_size: int = 100, fps: int = 24, size: int = 32,
           sample_rate: int = 16000, min_objects: int = 1, max_objects: int = 3, fixed_size: bool = False,
           background_sound: bool = True, plain_background: bool = True, object_collisions: bool = False,
@@ -47,6 +53,7 @@ def synth(*, out: Path, clips: int, seconds: int, seed: int = 0, shard_size: int
         workers: worker processes (default: chosen from the number of clips; 0 = none).
     """
     check_positive(clips=clips, seconds=seconds, shard_size=shard_size, fps=fps, size=size, sample_rate=sample_rate)
+    check_workers(workers)
     spec = clip_spec(seconds, fps, sample_rate, size)
     try:
         scene = SceneSettings(min_objects, max_objects, fixed_size, background_sound, plain_background,
@@ -77,6 +84,7 @@ def pack(src: Path, *, out: Path, seconds: int = 2, fps: int = 24, sample_rate: 
     """
     logging.getLogger("omniforcing.data.packing").setLevel(logging.ERROR)  # skips are listed in the summary below
     check_positive(seconds=seconds, fps=fps, sample_rate=sample_rate, size=size, shard_size=shard_size)
+    check_workers(workers)
     spec = clip_spec(seconds, fps, sample_rate, size)
     report = pack_folder(src, out, spec, shard_size, workers)
     print(f"packed {report.clips} clips from {report.files - len(report.skipped)} of {report.files} files "
