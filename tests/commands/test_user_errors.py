@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Lightning is imported at collection on purpose: its log handler binds sys.stderr when Lightning is imported,
+# and bound to one test's captured stream it would write to a closed file in the tests after it.
+import lightning.pytorch  # noqa: F401
 import pytest
 
 import omniforcing.commands.data
