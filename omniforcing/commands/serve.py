@@ -12,6 +12,7 @@ import time
 import torch
 
 from omniforcing.commands.generate import Dtype, resolve_checkpoint, resolve_device, resolve_dtype
+from omniforcing.errors import UserError
 from omniforcing.inference.streaming import StreamingGenerator
 from omniforcing.serving.app import LiveServer, start_server
 
@@ -56,7 +57,7 @@ def serve(
         generator.network.to(resolve_dtype(dtype, target))
         server = LiveServer(generator, max_streams, queue_blocks, stall_seconds)
     except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"serve: {error}") from None
+        raise UserError(f"serve: {error}") from error
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warm_up(generator)
     try:
@@ -64,7 +65,7 @@ def serve(
     except KeyboardInterrupt:
         print("stopped")
     except OSError as error:  # e.g. the port is taken
-        raise SystemExit(f"serve: cannot listen on {host}:{port}: {error.strerror or error}") from None
+        raise UserError(f"serve: cannot listen on {host}:{port}: {error.strerror or error}") from error
 
 
 WARM_UP_MAX_SECONDS = 20

@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 
 from omniforcing.commands.serve import is_loopback, serve, warm_up
+from omniforcing.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_unknown_checkpoint_and_bidirectional_model_exit_with_one_line():
-    with pytest.raises(SystemExit, match=r"^serve: --checkpoint 'no-such-model' is neither"):
+    with pytest.raises(UserError, match=r"^serve: --checkpoint 'no-such-model' is neither"):
         serve(checkpoint="no-such-model")
     if not (ROOT / "checkpoints" / "reference" / "teacher").is_dir():
         pytest.skip("the reference teacher is absent")
-    with pytest.raises(SystemExit, match=r"^serve: streaming needs a causal"):
+    with pytest.raises(UserError, match=r"^serve: streaming needs a causal"):
         serve(checkpoint="teacher", device="cpu")
 
 
