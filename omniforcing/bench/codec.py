@@ -86,25 +86,9 @@ def _audio_quality(name: str, codec: nn.Module, audio: Tensor, analysis: MelAudi
     return [name, spectral_convergence(reference, estimate).mean().item()]
 
 
-def run_codec_bench(quick: bool = False, video_checkpoint: str | None = None,
-                    audio_checkpoint: str | None = None) -> Report:
-    """Measure the codecs and return the tables.
-
-    Args:
-        quick: fewer clips and repeats (a smoke run; numbers are noisier).
-        video_checkpoint: trained :class:`CausalVideoAutoencoder` (``.safetensors`` from ``save_codec``), for
-            its reconstruction row.
-        audio_checkpoint: trained :class:`MelAutoencoder`, for its reconstruction row.
-
-    Returns:
-        A report with a throughput table and a reconstruction table (summary: PSNRs and spectral convergence).
-    """
-    clips, seconds, repeats = (4, 1, 2) if quick else (32, 2, 5)
-    video, audio = synthetic_batch(clips, seconds)
-    mel = MelAudioCodec().eval()
-    mel.fit_normalization(audio.split(8))
-    trained_video = load_codec(video_checkpoint) if video_checkpoint else None
-    trained_audio = load_codec(audio_checkpoint) if audio_checkpoint else None
+def _speed_table(video: Tensor, audio: Tensor, mel: MelAudioCodec, trained_video: nn.Module | None,
+                 trained_audio: nn.Module | None, seconds: int, repeats: int) -> tuple[Table, dict]:
+    clips = video.shape[0]
     speed = Table("codec throughput (batched clips; torch threads as in the machine line)",
                   ["codec", "latent shape (T, C, ...)", "encode ms per s", "decode ms per s", "decode x real time",
                    "1-s block decode ms"],
@@ -119,6 +103,11 @@ def run_codec_bench(quick: bool = False, video_checkpoint: str | None = None,
         ("learned audio", trained_audio or MelAutoencoder(mel=mel).eval(), audio[batch]),
     ):
         speed.add(*_throughput_row(name, codec, clip, seconds, repeats), _block_latency_ms(codec, clip, repeats))
+    return speed, {}
+
+
+def _video_quality_table(video: Tensor, trained_video: nn.Module | None,
+                         video_checkpoint: str | None) -> tuple[Table, dict]:
     quality = Table("codec reconstruction on held-out synthetic clips",
                     ["codec", "PSNR dB", "mean-frame baseline dB", "max abs error", "boundary step error",
                      "inner step error"],
@@ -130,12 +119,46 @@ def run_codec_bench(quick: bool = False, video_checkpoint: str | None = None,
         rows.append(_video_quality(f"learned video ({video_checkpoint})", trained_video, video))
     for row in rows:
         quality.add(*row)
+    return quality, {"video_psnr": {r[0]: r[1] for r in rows}, "mean_frame_psnr": rows[0][2]}
+
+
+def _audio_quality_table(audio: Tensor, mel: MelAudioCodec, trained_audio: nn.Module | None,
+                         audio_checkpoint: str | None) -> tuple[Table, dict]:
     audio_quality = Table("audio reconstruction (spectral convergence of STFT magnitude, lower is better)",
                           ["codec", "spectral convergence"],
                           notes="Griffin-Lim with the mel codec's settings; 0 is perfect, 1 is silence.")
     audio_quality.add(*_audio_quality("mel audio", mel, audio, mel))
     if trained_audio is not None:
         audio_quality.add(*_audio_quality(f"learned audio ({audio_checkpoint})", trained_audio, audio, mel))
-    summary = {"video_psnr": {r[0]: r[1] for r in rows}, "mean_frame_psnr": rows[0][2],
-               "audio_spectral_convergence": {r[0]: r[1] for r in audio_quality.rows}}
-    return Report(suite="codec", tables=[speed, quality, audio_quality], summary=summary)
+    return audio_quality, {"audio_spectral_convergence": {r[0]: r[1] for r in audio_quality.rows}}
+
+
+def run_codec_bench(quick: bool = False, video_checkpoint: str | None = None, audio_checkpoint: str | None = None,
+                    on_table: Callable[[Report], None] | None = None) -> Report:
+    """Measure the codecs and return the tables.
+
+    Args:
+        quick: fewer clips and repeats (a smoke run; numbers are noisier).
+        video_checkpoint: trained :class:`CausalVideoAutoencoder` (``.safetensors`` from ``save_codec``), for
+            its reconstruction row.
+        audio_checkpoint: trained :class:`MelAutoencoder`, for its reconstruction row.
+        on_table: called with the report after every table (see :meth:`Report.measure`); a table that raises
+            is recorded with its error and the next one runs.
+
+    Returns:
+        A report with a throughput table and two reconstruction tables (summary: PSNRs and spectral convergence).
+    """
+    clips, seconds, repeats = (4, 1, 2) if quick else (32, 2, 5)
+    video, audio = synthetic_batch(clips, seconds)
+    mel = MelAudioCodec().eval()
+    mel.fit_normalization(audio.split(8))
+    trained_video = load_codec(video_checkpoint) if video_checkpoint else None
+    trained_audio = load_codec(audio_checkpoint) if audio_checkpoint else None
+    report = Report(suite="codec", on_table=on_table)
+    report.measure("codec throughput", lambda: _speed_table(video, audio, mel, trained_video, trained_audio,
+                                                            seconds, repeats))
+    report.measure("codec reconstruction on held-out synthetic clips",
+                   lambda: _video_quality_table(video, trained_video, video_checkpoint))
+    report.measure("audio reconstruction",
+                   lambda: _audio_quality_table(audio, mel, trained_audio, audio_checkpoint))
+    return report

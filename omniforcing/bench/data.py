@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from omniforcing.bench.report import Report, Table
@@ -63,32 +64,38 @@ def _generation_table(quick: bool, shards: Path) -> tuple[Table, dict[str, float
     return table, {"synth_in_memory_clips_per_s": in_memory, "synth_to_shards_clips_per_s": to_shards}
 
 
-def run_data_bench(quick: bool = False) -> Report:
+def _loader_table(shards: Path, clips: int) -> tuple[Table, dict[str, float]]:
+    table = Table("AVDataModule train loader (decode mp4 + crop + collate)",
+                  ["workers", "first batch (s)", "clips/s", "batches/s"],
+                  notes=f"Stored {STORED.seconds}-s clips, {STORED.size}x{STORED.size} px H.264 + AAC, cropped "
+                        f"to {WINDOW.seconds}-s windows ({WINDOW.num_frames} frames, {WINDOW.num_samples} "
+                        f"samples); batch {BATCH_SIZE}; resampled stream of {clips} clips; rate measured after "
+                        f"the first batch.")
+    summary = {}
+    for workers in (0, 1, 2):
+        first, rate = _loader_rate(shards, workers, clips)
+        table.add(workers, first, rate, rate / BATCH_SIZE)
+        summary[f"loader_clips_per_s_workers_{workers}"] = rate
+    return table, summary
+
+
+def run_data_bench(quick: bool = False, on_table: Callable[[Report], None] | None = None) -> Report:
     """Measure the data path and return a report with suite ``"data"``.
 
     Args:
         quick: fewer clips (for a smoke run); the numbers are then noisier.
+        on_table: called with the report after every table (see :meth:`Report.measure`); a table that raises
+            is recorded with its error and the next one runs.
 
     Returns:
         Tables: AVDataModule train-loader throughput with 0, 1 and 2 workers, and synthetic generation rates.
     """
     clips = 48 if quick else 256
-    report = Report(suite="data")
+    report = Report(suite="data", on_table=on_table)
     with tempfile.TemporaryDirectory() as folder:
         shards = Path(folder)
         write_synthetic_shards(shards / "train", 32, STORED, seed=0, shard_size=4, workers=0, progress=False)
-        table = Table("AVDataModule train loader (decode mp4 + crop + collate)",
-                      ["workers", "first batch (s)", "clips/s", "batches/s"],
-                      notes=f"Stored {STORED.seconds}-s clips, {STORED.size}x{STORED.size} px H.264 + AAC, cropped "
-                            f"to {WINDOW.seconds}-s windows ({WINDOW.num_frames} frames, {WINDOW.num_samples} "
-                            f"samples); batch {BATCH_SIZE}; resampled stream of {clips} clips; rate measured after "
-                            f"the first batch.")
-        for workers in (0, 1, 2):
-            first, rate = _loader_rate(shards / "train", workers, clips)
-            table.add(workers, first, rate, rate / BATCH_SIZE)
-            report.summary[f"loader_clips_per_s_workers_{workers}"] = rate
-        report.tables.append(table)
-        generation, numbers = _generation_table(quick, shards)
-        report.tables.append(generation)
-        report.summary.update(numbers)
+        report.measure("AVDataModule train loader (decode mp4 + crop + collate)",
+                       lambda: _loader_table(shards / "train", clips))
+        report.measure("Synthetic data generation (in this process)", lambda: _generation_table(quick, shards))
     return report
