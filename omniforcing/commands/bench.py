@@ -121,7 +121,7 @@ class BenchRun:
 
 
 def _options(runner: Callable[..., Report], options: dict[str, Any]) -> dict[str, Any]:
-    """The options ``runner`` takes (suites differ: data and codec take none of them)."""
+    """The options ``runner`` takes (suites differ: only some take a preset, a video grid, a dtype)."""
     accepted = inspect.signature(runner).parameters
     return {name: value for name, value in options.items() if name in accepted}
 
