@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -86,6 +87,25 @@ def one_line(message: str) -> str:
     return " ".join(message.split())
 
 
+UNION_FAILURE = "Does not validate against any of the Union subtypes"
+
+
+def parser_message(message: str) -> str:
+    """A jsonargparse error as one line, without what restates the input.
+
+    A value that fits no alternative of ``SomeClass | None`` (every ``class_path`` argument) is reported with
+    the subtypes, one reason per alternative and the given value; only the reasons that are not "Expected a
+    <class 'NoneType'>" say what is wrong (``Option 'depht' is not accepted``).
+    """
+    if UNION_FAILURE not in message:
+        return one_line(message)
+    head, _, rest = message.partition(UNION_FAILURE)
+    errors = rest.partition("Errors:")[2].partition("Given value type:")[0]
+    reasons = [one_line(reason) for reason in re.split(r"\n\s*- ", errors)
+               if reason.strip() and "Expected a <class 'NoneType'>" not in reason]
+    return f"{one_line(head)} {'; '.join(reasons)}" if reasons else one_line(message)
+
+
 @contextmanager
 def user_errors_as_one_line(debug: bool) -> Iterator[None]:
     """Turn :class:`UserError` and parser errors into ``error: ...`` on stderr and exit code 2 (unless ``debug``).
@@ -97,8 +117,11 @@ def user_errors_as_one_line(debug: bool) -> Iterator[None]:
     except (UserError, ArgumentError) as error:
         if debug:
             raise
-        hint = " (--help lists the options)" if isinstance(error, ArgumentError) else ""
-        print(f"error: {one_line(str(error))}{hint}", file=sys.stderr)
+        if isinstance(error, ArgumentError):
+            message = f"{parser_message(str(error))} (--help lists the options)"
+        else:
+            message = one_line(str(error))
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
 

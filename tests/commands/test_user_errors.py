@@ -108,6 +108,11 @@ def test_fit_bad_values_are_one_line(tmp_path, capsys):
     assert "File does not exist" in user_error(capsys, ["fit", "-c", str(tmp_path / "nope.yaml")])
     teacher = [item for name in ("base.yaml", "data/synthetic.yaml", "teacher/joint.yaml", "latents/patch.yaml",
                                  "model/tiny.yaml") for item in ("-c", str(RECIPES / name))]
+    # a misspelt init arg: the reason, not the union's subtypes and the given value
+    assert user_error(capsys, ["fit", *teacher, "--model.init_args.network.init_args.depht", "3"]) == (
+        "Parser key \"model\": Problem with given class_path 'omniforcing.training.TeacherLitModule': Parser key "
+        "\"network\": Problem with given class_path 'omniforcing.models.DualStreamTransformer': Option 'depht' is "
+        "not accepted (--help lists the options)")
     assert "--ckpt_path " + str(tmp_path / "gone.ckpt") + ": no such checkpoint file" in user_error(capsys, [
         "fit", *teacher, f"--trainer.logger.init_args.save_dir={tmp_path}", "--ckpt_path", str(tmp_path / "gone.ckpt")])
 
