@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from omniforcing.bench import streaming
 from omniforcing.bench.report import Report, Table
@@ -177,3 +178,29 @@ def test_bad_flags_are_one_line_user_errors(flags, message, capsys):
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert message in stderr and len(stderr.strip().splitlines()) == 1
+
+
+class _Stop(RuntimeError):
+    pass
+
+
+def test_preset_and_video_grid_flags_reach_the_streaming_and_model_suites(monkeypatch):
+    from omniforcing.bench import model
+
+    seen = {}
+
+    def streaming_models(config, device, dtype):
+        seen["streaming"] = (config.preset, config.video_grid, dtype)
+        raise _Stop("models recorded")
+
+    def model_preset(name, **overrides):
+        seen["model"] = (name, overrides["video_grid"])
+        raise _Stop("preset recorded")
+
+    monkeypatch.setattr(streaming, "bench_models", streaming_models)
+    monkeypatch.setattr(model, "build_preset", model_preset)
+    for suite in ("streaming", "model"):
+        with pytest.raises(SystemExit, match="_Stop"):
+            main(["bench", "--suite", suite, "--quick", "true", "--preset", "base", "--video-grid", "16x24",
+                  *(["--dtype", "float32"] if suite == "streaming" else [])])
+    assert seen == {"streaming": ("base", (16, 24), torch.float32), "model": ("base", (16, 24))}
