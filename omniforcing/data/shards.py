@@ -180,22 +180,26 @@ def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]
     members: dict[str, bytes] = {}
     with tarfile.open(path, mode="r") as archive:
         stream = archive.fileobj
-        info: tarfile.TarInfo | None = None
+        reading: tarfile.TarInfo | None = None  # the member whose data is being read
         try:
             for info in archive:
                 if not info.isfile():
                     continue
+                reading = info
                 handle = archive.extractfile(info)
                 data = handle.read() if handle is not None else b""
+                reading = None
                 key, extension = member_key(info.name), Path(info.name).name.partition(".")[2]
                 if key != current and current is not None:
                     yield current, members
                     members = {}
                 current = key
                 members[extension] = data
-        except (tarfile.ReadError, EOFError) as error:  # member data cut short
-            assert info is not None
-            offset, problem = info.offset, f"member {info.name} unreadable ({error})"
+        except (tarfile.ReadError, EOFError) as error:  # member data cut short, or a header tarfile refuses
+            if reading is not None:
+                offset, problem = reading.offset, f"member {reading.name} unreadable ({error})"
+            else:
+                offset, problem = archive.offset, f"unreadable tar header ({error})"
         else:
             offset, problem = archive.offset, _tail_problem(stream, archive.offset)
         lost = 0 if problem is None else len(_keys_after(stream, offset) - {current})
