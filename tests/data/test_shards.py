@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import tarfile
@@ -131,3 +132,24 @@ def test_inspect_compares_the_folder_with_its_manifest(tiny_shards, tmp_path):
     text = format_summary(summary)
     assert "missing shards: 1 listed in dataset.json (shard-000002.tar)" in text
     assert "dataset.json: 8 samples; 2 of them not found in the shards" in text
+
+
+def test_a_corrupt_header_behind_a_pax_header_is_reported_as_a_header(tmp_path):
+    """tarfile raises (instead of stopping) when the header after a pax extended header is bad."""
+    shard = tmp_path / "pax.tar"
+    with tarfile.open(shard, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for index in range(3):
+            for extension in ("json", "mp4"):
+                info = tarfile.TarInfo(f"{index:08d}.{extension}")
+                info.size, info.pax_headers = 700, {"comment": "forces a pax header"}
+                archive.addfile(info, io.BytesIO(bytes(700)))
+    with tarfile.open(shard) as archive:
+        header = archive.getmembers()[2].offset_data - 512  # the ustar header behind member 2's pax header
+    data = bytearray(shard.read_bytes())
+    data[header:header + 512] = b"\xff" * 512
+    shard.write_bytes(bytes(data))
+    read = []
+    with pytest.raises(ShardDamageError, match=r"unreadable tar header \(bad checksum\) at byte \d+; 2 samples"):
+        for key, members in iter_tar_samples(shard):
+            read.append((key, sorted(members)))
+    assert read == [("00000000", ["json", "mp4"])]
