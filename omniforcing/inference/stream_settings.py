@@ -34,6 +34,7 @@ DEFAULT_WINDOW_SECONDS = 10.0
 
 PrefixPosition = Literal["absolute", "relative"]
 Modality = Literal["joint", "video", "audio"]
+CompileBackend = Literal["inductor", "cudagraphs", "aot_eager"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class StreamingSettings:
             causal context).
         compile: run every block step captured (``omniforcing.sampling.capture``: CUDA graphs over static
             buffers); ``None`` = on CUDA, eager elsewhere (``--compile/--no-compile``).
+        compile_backend: ``torch.compile`` backend of the captured step: ``inductor`` (fused kernels replayed as
+            CUDA graphs) or ``cudagraphs`` (CUDA graphs over unfused ops; compiles in seconds), see
+            :func:`omniforcing.sampling.capture.capture_block_step`.
     """
 
     video_times: tuple[float, ...] = DEFAULT_FEW_STEP_TIMES
@@ -82,6 +86,7 @@ class StreamingSettings:
     video_decode_context: int | None = None
     audio_decode_context: int | None = None
     compile: bool | None = None
+    compile_backend: CompileBackend = "inductor"
 
     def __post_init__(self) -> None:
         for name, times in (("video_times", self.video_times), ("audio_times", self.audio_times)):
@@ -95,6 +100,8 @@ class StreamingSettings:
                 raise ValueError(f"{name} must be >= 1 second (or None), got {window}")
         if self.modality not in ("joint", "video", "audio"):
             raise ValueError(f"modality must be joint, video or audio, got {self.modality!r}")
+        if self.compile_backend not in ("inductor", "cudagraphs", "aot_eager"):
+            raise ValueError(f"compile_backend must be inductor, cudagraphs or aot_eager, got {self.compile_backend!r}")
         if self.lookahead < 1:
             raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
 

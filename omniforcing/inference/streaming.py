@@ -229,7 +229,7 @@ class StreamingGenerator:
             return block_step
         from omniforcing.sampling.capture import capture_block_step  # CUDA graphs: only imported when used
 
-        return capture_block_step(block_step)
+        return capture_block_step(block_step, backend=self.settings.compile_backend)
 
     def _block_generator(self, caption: str) -> BlockGenerator:
         """Fresh caches (two with guidance) and the cached block generator of a stream for ``caption``."""

@@ -41,7 +41,10 @@ def capture_block_step(step: BlockStep = block_step, *, mode: str | None = None,
     Args:
         step: the block step (:func:`~omniforcing.sampling.blocks.block_step`'s signature).
         mode: ``torch.compile`` mode; default ``"reduce-overhead"`` (CUDA graphs) on CUDA, ``None`` elsewhere.
-        backend: ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` traces without generating code).
+        backend: ``torch.compile`` backend: ``"inductor"`` (fused kernels; with ``reduce-overhead`` replayed as
+            CUDA graphs), ``"cudagraphs"`` (CUDA graphs over the unfused ATen ops: no kernel generation, so it
+            compiles in seconds where inductor takes minutes at large presets; removes the launch overhead but
+            fuses nothing), ``"aot_eager"`` (traces without generating code; tests).
 
     Returns:
         A callable with ``step``'s signature.
@@ -70,6 +73,7 @@ class CapturedBlockStep:
         if id(network) in self._compiled:
             return
         device = next(network.parameters()).device
-        mode = self.mode if self.mode is not None or device.type != "cuda" else "reduce-overhead"
+        cuda_graphs = device.type == "cuda" and self.backend == "inductor"
+        mode = self.mode if self.mode is not None or not cuda_graphs else "reduce-overhead"
         network.compile_core(True, mode=mode, backend=self.backend)
         self._compiled.add(id(network))
