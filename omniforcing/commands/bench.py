@@ -181,7 +181,8 @@ def bench(*, suite: Suite = "streaming", out: Path | None = None, quick: bool = 
             on this device; on CPUs with AMX that is bf16 even where small models run faster in fp32, see the
             suite's dtype table).
         compile: run the streaming suite's student block steps captured (``--compile true``) or eager
-            (``--compile false``); default: captured on CUDA, eager elsewhere, as ``omniforcing generate``.
+            (``--compile false``), the teacher's whole-clip forwards compiled alike; default: captured on CUDA,
+            eager elsewhere, as ``omniforcing generate``.
     """
     names = list(ALL_SUITES) if suite == "all" else [suite]
     options = {"threads": threads, **_check_options(names, preset, video_grid, dtype, compile)}
