@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from omniforcing.models.geometry import SinkRope, TokenGeometry
 from omniforcing.models.kv_cache import AVKVCache, CachePlan, PrefixPosition
-from omniforcing.models.layers import RMSNorm, TimestepEmbedding, modulate
+from omniforcing.models.layers import KV, RMSNorm, TimestepEmbedding, modulate
 from omniforcing.models.layout import (
     AttentionMasks,
     BlockLayout,
@@ -36,7 +36,7 @@ from omniforcing.models.layout import (
     visibility_masks,
     window_blocks,
 )
-from omniforcing.models.ring import gather
+from omniforcing.models.ring import AUDIO_KINDS, VIDEO_KINDS, gather
 from omniforcing.models.rope import RotaryEmbedding
 from omniforcing.models.stream_layer import NUM_MODULATIONS, DualStreamLayer, LayerCall, LayerKV, StreamCall, TextKV
 from omniforcing.models.text import ByteTextEncoder, StreamText, TextContext, TextEncoder
@@ -230,11 +230,36 @@ class DualStreamTransformer(nn.Module):
         with_sinks = audio is not None and block == 0 and self.num_audio_sinks > 0
         text_kv = (self._text_kv(text) if cache is None
                    else cache.text_kv(text, lambda: self._text_kv(text, padded=True)))
+        if commit:
+            self._allocate_history(plan, batch, num_video > 0, num_audio > 0)
         args = (video, audio, t_video, t_audio, step_size, text_kv, call, plan, with_sinks, commit)
         out = self.core(*args) if self._compiled_core is None else self._run_compiled(*args)
         if commit:
             cache.advance(plan)  # host bookkeeping of the commit, outside the (compilable) tensor work
         return out
+
+    def _allocate_history(self, plan: CachePlan, batch: int, has_video: bool, has_audio: bool) -> None:
+        """Allocate the cache's ring storage before the first commit, on the host side of a forward.
+
+        Allocation (and marking the storage as a static address for CUDA graphs) cannot happen inside
+        :meth:`core`: ``torch.compile`` refuses to trace ``mark_static_address`` (measured on an H200), and a
+        captured graph must only ever write storage that outlives it."""
+        attention = {"video_self": lambda layer: layer.video.self_attn,
+                     "audio_self": lambda layer: layer.audio.self_attn,
+                     "audio_to_video": lambda layer: layer.video.cross_attn,
+                     "video_to_audio": lambda layer: layer.audio.cross_attn}
+        produced = {"video_self": has_video, "audio_self": has_audio,
+                    "audio_to_video": has_video and has_audio, "video_to_audio": has_video and has_audio}
+        weight = self.video.proj_in.weight
+        for history, kinds in ((plan.video, VIDEO_KINDS), (plan.audio, AUDIO_KINDS)):
+            if history is None:
+                continue
+            for index, layer in enumerate(self.layers):
+                for kind in kinds:
+                    if produced[kind] and not history.ring.allocated(index, kind):
+                        module = attention[kind](layer)
+                        empty = weight.new_empty(batch, module.heads, 0, module.head_dim)
+                        history.ring.allocate(index, kind, KV(empty, empty))
 
     def core(self, video: Tensor | None, audio: Tensor | None, t_video: Tensor | None, t_audio: Tensor | None,
              step_size: Tensor | None, text_kv: list[TextKV], call: LayerCall, plan: CachePlan | None,

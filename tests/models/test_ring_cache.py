@@ -14,9 +14,10 @@ def _block_inputs(model, block: int, gen: torch.Generator, batch: int = 1):
     layout = model.layout(1 + 3 * (block + 1))
     vs, as_ = layout.block_slices(block)
     h, w = model.video_grid
-    video = torch.randn(batch, vs.stop - vs.start, model.video_channels, h, w, generator=gen)
-    audio = torch.randn(batch, as_.stop - as_.start, model.audio_channels, generator=gen)
-    return video, audio, torch.full(video.shape[:2], 0.5), torch.full(audio.shape[:2], 0.5)
+    device = next(model.parameters()).device  # drawn on the CPU generator, then moved: same draws on any device
+    video = torch.randn(batch, vs.stop - vs.start, model.video_channels, h, w, generator=gen).to(device)
+    audio = torch.randn(batch, as_.stop - as_.start, model.audio_channels, generator=gen).to(device)
+    return video, audio, torch.full(video.shape[:2], 0.5, device=device), torch.full(audio.shape[:2], 0.5, device=device)
 
 
 def _step(model, cache, text, block: int, gen: torch.Generator, steps: int = 2):
@@ -114,7 +115,7 @@ def test_no_host_synchronisation_inside_a_block_step_on_cuda(make_model):
     with torch.inference_mode():
         for block in range(WINDOW + 2):
             _step(model, cache, text, block, gen)
-        video, audio, t_video, t_audio = (t.cuda() for t in _block_inputs(model, WINDOW + 2, gen))
+        video, audio, t_video, t_audio = _block_inputs(model, WINDOW + 2, gen)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -168,3 +169,33 @@ def test_set_text_switches_the_prompt_and_keeps_the_history(make_model):
     assert cache.next_block == 3 and torch.equal(cache.history(0).video_self.valid().key, history)
     cache.set_text(first)  # and only the prompt changed: switching back gives the first output again
     torch.testing.assert_close(model(*probe, first, cache=cache, block=3), with_first, rtol=0, atol=0)
+
+
+def test_ring_storage_is_allocated_outside_the_compilable_core(make_model, monkeypatch):
+    """``torch.compile`` cannot trace the allocation (``mark_static_address`` is forbidden inside a compiled
+    region, seen on an H200), so the storage must exist before :meth:`DualStreamTransformer.core` runs."""
+    from omniforcing.models.ring import RingBuffer
+
+    model = make_model(num_audio_sinks=2)
+    inside = {"core": False, "allocations": 0}
+    core, allocate = type(model).core, RingBuffer.allocate
+
+    def tracked_core(self, *args):
+        inside["core"] = True
+        try:
+            return core(self, *args)
+        finally:
+            inside["core"] = False
+
+    def tracked_allocate(self, *args):
+        assert not inside["core"], "ring storage allocated inside core"
+        inside["allocations"] += 1
+        return allocate(self, *args)
+
+    monkeypatch.setattr(type(model), "core", tracked_core)
+    monkeypatch.setattr(RingBuffer, "allocate", tracked_allocate)
+    text, cache, gen = model.encode_text(["a ball"]), model.new_cache(1, window_seconds=WINDOW), torch.Generator()
+    with torch.inference_mode():
+        for block in range(WINDOW + 2):
+            _step(model, cache, text, block, gen.manual_seed(block))
+    assert inside["allocations"] > 0
