@@ -204,3 +204,22 @@ def test_preset_and_video_grid_flags_reach_the_streaming_and_model_suites(monkey
             main(["bench", "--suite", suite, "--quick", "true", "--preset", "base", "--video-grid", "16x24",
                   *(["--dtype", "float32"] if suite == "streaming" else [])])
     assert seen == {"streaming": ("base", (16, 24), torch.float32), "model": ("base", (16, 24))}
+
+
+def test_a_method_that_fails_in_the_training_table_is_one_row_and_the_other_methods_run(tmp_path, monkeypatch):
+    from omniforcing.bench import training
+
+    def time_method(method, config, paths, root):
+        if method.key == "dmd":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\ntrace")
+        return training.MethodTiming([0.5, 0.5], 1024, 2048, 10, 4, 40)
+
+    monkeypatch.setattr(training, "export_teacher", lambda config, root: tmp_path)
+    monkeypatch.setattr(training, "write_ode_pairs", lambda teacher, config, root, device: tmp_path / "pairs")
+    monkeypatch.setattr(training, "time_method", time_method)
+    table, summary = training.methods_table(training.TrainingBenchConfig.make(quick=True), tmp_path)
+    rows = {row[0].split(":")[0]: row for row in table.rows}
+    assert rows["OmniForcing I"][1:3] == ["not available",
+                                          "failed: RuntimeError: CUDA error: an illegal memory access was encountered"]
+    assert summary["step_seconds_teacher"] == summary["step_seconds_mutual_forcing"] == 0.5
+    assert "step_seconds_dmd" not in summary
