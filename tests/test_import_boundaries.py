@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-PURE = ["models", "diffusion", "sampling", "methods", "codecs", "metrics", "inference"]
+PURE = ["models", "diffusion", "sampling", "methods", "codecs", "metrics", "inference", "serving"]
 
 
 def import_all(packages: list[str], blocked: list[str]) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ input's shape.
 A forward is host bookkeeping (input checks, the call's layout, the cache's memoised plan of the block, RoPE
 tables from the memoised geometry, and after a commit ``cache.advance``) around :meth:`DualStreamTransformer.core`,
 the tensor work, which makes no host synchronisation and changes no host state: :meth:`compile_core` compiles
-it (CUDA graphs with ``mode="reduce-overhead"``; issue 12).
+its layers, one compiled function shared by every layer (CUDA graphs with ``mode="reduce-overhead"``; issue 12).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class DualStreamTransformer(nn.Module):
         self.layers = nn.ModuleList(DualStreamLayer(video_width, audio_width, video_heads, audio_heads, mlp_ratio)
                                     for _ in range(depth))
         self._grid = BlockLayout(1, 1, prefix)
-        self._compiled_core, self._compile_mode = None, None
+        self._compiled_layer, self._compile_mode = None, None
         self.geometry = TokenGeometry(prefix, self.video_grid,
                                       RotaryEmbedding(video_width // video_heads, (rope_max_seconds, *self.video_grid),
                                                       rope_base),
@@ -233,7 +233,7 @@ class DualStreamTransformer(nn.Module):
         if commit:
             self._allocate_history(plan, batch, num_video > 0, num_audio > 0)
         args = (video, audio, t_video, t_audio, step_size, text_kv, call, plan, with_sinks, commit)
-        out = self.core(*args) if self._compiled_core is None else self._run_compiled(*args)
+        out = self.core(*args) if self._compiled_layer is None else self._run_compiled(*args)
         if commit:
             cache.advance(plan)  # host bookkeeping of the commit, outside the (compilable) tensor work
         return out
@@ -274,13 +274,20 @@ class DualStreamTransformer(nn.Module):
             AVKVCache.store(plan, current)
         return self._video_out(xv, ev, video), self._audio_out(xa, ea, with_sinks)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether forwards run compiled layers (:meth:`compile_core`)."""
+        return self._compiled_layer is not None
+
     def compile_core(self, enabled: bool = True, mode: str | None = None, backend: str = "inductor") -> None:
-        """Run :meth:`core` through ``torch.compile`` in every later forward (``enabled=False``: eager again).
+        """Run every layer of :meth:`core` through one ``torch.compile``d layer function in every later forward
+        (``enabled=False``: eager again). Embeddings, heads and the commit's stores stay eager (a few ops).
 
         The same attention path serves full-sequence forwards (the teacher's whole-clip sampler, training
         forwards, with autograd) and cached streaming calls; one graph per call geometry, and a streamed
-        block's geometry is fixed once the cache window is full. ``mode="reduce-overhead"`` replays CUDA graphs
-        (then outputs are copied out of the graph pool, so callers may keep them across calls).
+        block's geometry is fixed once the cache window is full. ``mode="reduce-overhead"`` replays CUDA graphs,
+        one per layer call (the heads run eager on the last one's output, so callers may keep what a forward
+        returns across calls).
 
         Args:
             enabled: compile (True) or go back to eager.
@@ -288,26 +295,30 @@ class DualStreamTransformer(nn.Module):
             backend: ``torch.compile`` backend.
         """
         if not enabled:
-            self._compiled_core, self._compile_mode = None, None
+            self._compiled_layer, self._compile_mode = None, None
             return
+        # Regional compilation: one compiled function for the dual-stream layer, which every layer of the stack
+        # reuses (parameters are graph inputs), instead of one graph of the whole unrolled stack. Compilation
+        # time is what decides whether capture pays at all: the whole base-preset core took ~15 s per graph to
+        # trace on a CPU host and a captured stream needs several graphs (measured: its first stream did not
+        # finish within 130 s on an H200 machine); a layer is a twelfth of that.
         # Automatic dynamic shapes (dynamic=None): the first change of a history length recompiles once with that
-        # length symbolic, so the set of graphs stays bounded however long the window is. Measured on a guided
-        # stream with a 10-s window: 6 compilations with dynamic=None against 22 with dynamic=False (one per
-        # history length), which at the base preset's compile times is minutes. CUDA graphs are still recorded
-        # per concrete shape (cheap); once the window is full no shape changes.
+        # length symbolic, so the set of graphs stays bounded however long the window is (measured on a guided
+        # stream with a 10-s window: 6 compilations against 22 with dynamic=False, one per history length).
+        # CUDA graphs are still recorded per concrete shape (cheap); once the window is full no shape changes.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        # the unbound method: a deep copy of the model (EMA, serving) then runs its own weights through it
-        # (torch.compile's ``mode`` belongs to inductor; other backends take none)
-        self._compiled_core = torch.compile(type(self).core, mode=mode if backend == "inductor" else None,
-                                            backend=backend, dynamic=None)
+        # the unbound method: every layer, and a deep copy of the model (EMA, serving), runs its own weights through
+        # it (torch.compile's ``mode`` belongs to inductor; other backends take none)
+        self._compiled_layer = torch.compile(DualStreamLayer.forward, mode=mode if backend == "inductor" else None,
+                                             backend=backend, dynamic=None)
         self._compile_mode = mode
 
     def _run_compiled(self, *args) -> tuple[Tensor | None, Tensor | None]:
-        graphs = self._compile_mode == "reduce-overhead"
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()  # outputs of the previous replay are not read after this
-        out = self._compiled_core(self, *(a.contiguous() if isinstance(a, Tensor) else a for a in args))
-        return tuple(None if o is None else o.clone() for o in out) if graphs else out
+        """:meth:`core` with every layer compiled (CUDA graphs with ``reduce-overhead``). The heads run eager on
+        the last layer's output, so the velocities returned are ordinary tensors the caller may keep."""
+        if self._compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # graph outputs of the previous forward are not read again
+        return self.core(*args)
 
     def cache_plan(self, cache: AVKVCache, layout: BlockLayout, block: int, has_video: bool,
                    has_audio: bool) -> CachePlan:
@@ -335,6 +346,8 @@ class DualStreamTransformer(nn.Module):
                 # the recompute runs after later commits overwrote ring slots: hand it a copy of the history
                 history = history and {kind: gather(ring_kv) for kind, ring_kv in history.items()}
                 xv, xa, kv = checkpoint(layer, *args[:-1], history, use_reentrant=False)
+            elif self._compiled_layer is not None:
+                xv, xa, kv = self._compiled_layer(layer, *args)
             else:
                 xv, xa, kv = layer(*args)
             current.append(kv)

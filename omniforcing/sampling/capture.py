@@ -3,14 +3,19 @@
 :func:`capture_block_step` wraps :func:`omniforcing.sampling.blocks.block_step` (the whole block: every
 denoising forward and the commit forward, on every CFG branch, both modalities). What is captured is the tensor
 work of each backbone forward, :meth:`DualStreamTransformer.core
-<omniforcing.models.transformer.DualStreamTransformer.core>`, compiled once per network with
-``mode="reduce-overhead"`` on CUDA (inductor kernels replayed as CUDA graphs by cudagraph trees). The rest of a
+<omniforcing.models.transformer.DualStreamTransformer.core>`: its layers run one compiled layer function, shared
+by every layer of the stack ("regional compilation"), with ``mode="reduce-overhead"`` on CUDA (inductor kernels
+replayed as CUDA graphs by cudagraph trees, one graph per layer call). The rest of a
 forward is host bookkeeping that must run every time and never synchronises: the cache's plan of the block
 (memoised, so all steps of a block share it), the RoPE tables of the block (computed on the device from Python
 integers), and the commit's write pointers (:meth:`AVKVCache.advance
 <omniforcing.models.kv_cache.AVKVCache.advance>`). The Euler updates between forwards stay eager.
 
-Why a graph per forward and not one per block step: the cache's commit is host state (which slot a block
+Why graphs per layer and not one per forward: compilation time. A whole base-preset forward traced in ~15 s a
+graph on a CPU host and a stream needs several graphs before the window is full (on an H200 machine the first
+captured stream of the base student did not finish in 130 s); one layer is a twelfth of that and is compiled
+once for all layers (4 graphs for a 14-block stream of the base preset, measured with ``aot_eager``). Why not one
+graph per block step: the cache's commit is host state (which slot a block
 takes, which blocks are visible) that a replayed graph would not update; keeping it outside the graphs is what
 lets one graph serve every block once the window is full. Static buffers: the ring storage of the KV cache is
 preallocated and marked as a static address (:class:`~omniforcing.models.ring.RingBuffer`), so graphs write

@@ -36,9 +36,9 @@ def test_compiled_whole_clip_forward_and_gradients_equal_eager(make_model, make_
 def test_compile_core_can_be_switched_off(make_model):
     model = make_model()
     model.compile_core(True, backend="aot_eager")
-    assert model._compiled_core is not None
+    assert model.compiled
     model.compile_core(False)
-    assert model._compiled_core is None
+    assert not model.compiled
 
 
 def test_a_deep_copy_of_a_compiled_model_runs_its_own_weights(make_model, make_inputs):
