@@ -40,12 +40,13 @@ from omniforcing.inference.clips import decode_latents, latent_noise
 from omniforcing.inference.stream_settings import StreamingSettings
 from omniforcing.inference.streaming import StreamedBlock, StreamingGenerator
 from omniforcing.models.presets import build_preset
+from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES
 
 log = logging.getLogger(__name__)
 
 PROMPT = "a red ball bounces"
 TEACHER_STEPS, TEACHER_CFG = 32, 3.0
-STUDENT_TIMES = (1.0, 0.75, 0.5, 0.25)
+STUDENT_TIMES = DEFAULT_FEW_STEP_TIMES
 FLATNESS_BLOCKS = 10
 """Blocks in each median of the latency flatness (single blocks are noisy on a shared machine)."""
 DEFAULT_VIDEO_GRID = (4, 4)

@@ -35,9 +35,8 @@ from omniforcing.inference.clips import latent_noise
 from omniforcing.inference.export import load_model
 from omniforcing.inference.generation import method_arg, modalities
 from omniforcing.methods.ode_regression import student_grid, teacher_trajectory
+from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES
 from omniforcing.types import AVLatents
-
-DEFAULT_STUDENT_TIMES = [1.0, 0.75, 0.5, 0.25]
 
 
 def synthetic_caption(seed: int, index: int, scene: SceneSettings) -> str:
@@ -118,7 +117,7 @@ def ode_pairs(*, teacher: str, out: Path, count: int, seconds: int = 1, steps: i
     check_positive(count=count, seconds=seconds, steps=steps, shard_size=shard_size, batch_size=batch_size)
     resolved = resolve_device(device)
     network, codec, config = load_model(teacher, resolved)
-    times = DEFAULT_STUDENT_TIMES if student_times is None else student_times
+    times = list(DEFAULT_FEW_STEP_TIMES) if student_times is None else student_times
     grid, indices = student_grid(steps, shift, times)
     video_cfg = method_arg(config, "video_cfg", 1.0) if cfg is None else cfg
     scene = SceneSettings(min_objects, max_objects, fixed_size, background_sound)
