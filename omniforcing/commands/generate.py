@@ -113,6 +113,7 @@ def generate(
     raw_audio: AudioFormat = "f32",
     threads: int | None = None,
     dtype: Dtype = "auto",
+    compile: bool | None = None,
 ) -> None:
     """Generate one clip for a prompt and write it as an mp4 (H.264 + AAC); causal students stream it.
 
@@ -144,6 +145,8 @@ def generate(
             process is often faster than several spinning on contended cores.
         dtype: dtype of the backbone: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32`` or ``bfloat16``
             (worth it on CPUs with bf16 matrix units such as AMX). The codec always decodes in float32.
+        compile: streaming: run every block step captured (``omniforcing.sampling.capture``: compiled layers,
+            CUDA graphs on CUDA); default on CUDA, eager elsewhere (``--compile true|false``).
     """
     if out is None and raw is None:
         raise UserError("give --out FILE.mp4, --raw PATH (or -), or both")
@@ -163,7 +166,7 @@ def generate(
         config, video_steps=video_steps or steps, audio_steps=audio_steps or (steps if video_steps else None),
         window_seconds=window, audio_window_seconds=audio_window, video_cfg=cfg,
         audio_cfg=audio_cfg if audio_cfg is not None else cfg, step_size=step_size, prefix_position=prefix_position,
-        overlap=overlap)
+        overlap=overlap, compile=compile)
     generator = StreamingGenerator(network, codec, settings)
     _stream(generator, prompt, seconds, seed, out, raw, raw_audio)
 

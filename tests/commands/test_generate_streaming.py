@@ -56,6 +56,25 @@ def test_generate_streams_a_causal_student_to_mp4(tmp_path, capsys):
     assert clip.video.shape == (49, 8, 8, 3) and 640 + 32000 <= clip.audio.shape[1] <= 640 + 32000 + 1023
 
 
+def test_generate_passes_the_compile_switch_to_the_streaming_engine(tmp_path, monkeypatch, capsys):
+    import omniforcing.commands.generate as command
+
+    seen = []
+
+    class Recorder(command.StreamingGenerator):
+        def __init__(self, network, codec, settings=None):
+            seen.append(settings.compile)
+            super().__init__(network, codec, settings)
+
+    monkeypatch.setattr(command, "StreamingGenerator", Recorder)
+    student = exported_student(tmp_path / "student")
+    for flags, want in (([], None), (["--compile", "false"], False)):
+        main(["generate", "--checkpoint", str(student), "--prompt", "a ball", "--seconds", "1",
+              "--out", str(tmp_path / "clip.mp4"), "--device", "cpu", "--threads", "1", *flags])
+        assert seen[-1] is want
+    assert "block " in capsys.readouterr().out
+
+
 def test_generate_writes_raw_blocks_to_stdout(tmp_path, monkeypatch, capsys):
     student = exported_student(tmp_path / "student")
     pipe = io.BytesIO()
