@@ -55,7 +55,7 @@ class DecodeTiming:
 def decode_timing(model: DualStreamTransformer, seconds: int, window: float | None, steps: int, dtype: torch.dtype,
                   probes: tuple[int, ...], rounds: int = 7) -> DecodeTiming:
     """Decode a ``seconds``-long stream block by block and time it (see :class:`DecodeTiming`)."""
-    device = next(model.parameters()).device
+    device = model.device
     layout = model.layout(1 + 3 * seconds)
     text = model.encode_text(["a ball bounces off the floor"])
     cache = model.new_cache(1, window_seconds=window)
@@ -89,7 +89,7 @@ def decode_timing(model: DualStreamTransformer, seconds: int, window: float | No
 @torch.inference_mode()
 def full_forward_seconds(model: DualStreamTransformer, seconds: int, dtype: torch.dtype, repeats: int = 3) -> float:
     """Median time of one block-causal forward over a whole clip of ``seconds``."""
-    device = next(model.parameters()).device
+    device = model.device
     layout = model.layout(1 + 3 * seconds)
     h, w = model.video_grid
     video = torch.randn(1, layout.num_video, model.video_channels, h, w, device=device, dtype=dtype)

@@ -39,7 +39,7 @@ from omniforcing.inference.stream_settings import settings_from_config
 from omniforcing.inference.streaming import StreamingGenerator
 from omniforcing.metrics import MetricSuite
 from omniforcing.models.layout import BlockLayout
-from omniforcing.models.transformer import DualStreamTransformer
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.types import AVBatch, AVLatents, ClipSpec
 
 SCENE = SceneSettings(min_objects=1, max_objects=1, fixed_size=True, background_sound=False)  # data/synthetic.yaml
@@ -198,7 +198,8 @@ def _add_row(table: Table, name: str, nfe: Any, values: dict[str, float], second
 class StepCostProbe(L.Callback):
     """Per training batch after ``warmup``: backbone forwards with/without autograd, bytes saved for backward.
 
-    Every :class:`DualStreamTransformer` of the module is counted (network, and a teacher or critic if any).
+    Every backbone (:class:`~omniforcing.models.protocol.AVBackbone`) of the module is counted (network, and a
+    teacher or critic if any).
     Saved bytes count the unique storages autograd keeps for backward outside activation-checkpointed regions.
 
     Args:
@@ -217,7 +218,7 @@ class StepCostProbe(L.Callback):
             self.forwards["grad" if torch.is_grad_enabled() else "no_grad"] += 1
 
         for module in pl_module.modules():
-            if isinstance(module, DualStreamTransformer):
+            if isinstance(module, AVBackbone):
                 module.register_forward_pre_hook(count)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:

@@ -271,7 +271,7 @@ def latency_table(student, codec, config: StreamingBenchConfig, device: torch.de
                for window in (config.window, None)]
     (window, growing), (window_bytes, growing_bytes) = stream_block_times(engines, config.stream_seconds, device,
                                                                           config.rounds)
-    dtype = dtype_name(next(student.parameters()).dtype)
+    dtype = dtype_name(student.dtype)
     table = Table(f"Per-block latency vs stream position ({config.preset} preset, {config.grid_label} video grid, "
                   f"{dtype})",
                   ["stream position (s)", f"block, {config.window:g}-s window (ms)", "block, never evicts (ms)",
@@ -355,7 +355,7 @@ def flops_table(student, teacher, codec, config: StreamingBenchConfig, peaks: di
                                                                    video_scale=TEACHER_CFG, audio_scale=TEACHER_CFG))
         latents = generator.generate_latents(PROMPT, 1)
         decode_flops = count_flops(lambda: decode_latents(codec, latents.map(lambda m: m[:, 1:]), [PROMPT]))
-    dtype = next(student.parameters()).dtype
+    dtype = student.dtype
     peak = peaks[dtype][0] * 1e12
     teacher_per_second = teacher_flops * TEACHER_STEPS / config.clip_seconds
     teacher_rate = teacher_flops * TEACHER_STEPS / teacher_seconds
@@ -388,7 +388,7 @@ def flops_table(student, teacher, codec, config: StreamingBenchConfig, peaks: di
 def dtype_table(student, codec, config: StreamingBenchConfig, device: torch.device) -> tuple[Table, dict]:
     """The student's block time in each dtype of the peak measurement (bf16 pays only with bf16 matrix units)."""
     table = Table("Student block time by dtype", ["dtype", "generate per block (ms)"])
-    chosen = next(student.parameters()).dtype
+    chosen = student.dtype
     times = {}
     try:
         for dtype in PEAK_DTYPES:

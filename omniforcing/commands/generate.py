@@ -204,7 +204,7 @@ def _stream(generator: StreamingGenerator, prompt: str, seconds: int, seed: int,
     print(f"streaming {seconds} s + lead in {generator.num_blocks(seconds)} blocks: video steps "
           f"{list(settings.video_times)}, audio steps {list(settings.audio_times or settings.video_times)}, "
           f"window {settings.window_seconds} s, cfg {settings.video_cfg}/{settings.audio_cfg}, "
-          f"{str(next(generator.network.parameters()).dtype).removeprefix('torch.')} on {generator.device}", file=log)
+          f"{str(generator.network.dtype).removeprefix('torch.')} on {generator.device}", file=log)
     blocks: list[StreamedBlock] = []
     try:
         for block in generator.stream(prompt, seconds, seed):

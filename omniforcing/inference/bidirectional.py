@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from omniforcing.diffusion.samplers import sample_euler
 from omniforcing.diffusion.schedules import euler_schedule
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.types import AVLatents
 
 
 @torch.no_grad()
-def generate_bidirectional(network: nn.Module, captions: list[str], noise: AVLatents, *, steps: int = 32,
+def generate_bidirectional(network: AVBackbone, captions: list[str], noise: AVLatents, *, steps: int = 32,
                            shift: float = 1.0, video_scale: float = 1.0, audio_scale: float = 1.0) -> AVLatents:
     """Sample the whole clip at once: ``steps`` Euler steps on :func:`euler_schedule` from ``noise``.
 

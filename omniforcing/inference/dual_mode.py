@@ -7,11 +7,12 @@ with the training objective); they are re-exported here, where generation has al
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from omniforcing.codecs.base import AVCodec
 from omniforcing.inference.clips import GeneratedClips, decode_latents
 from omniforcing.models.layout import BlockLayout
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.dual_mode import DualModes, Mode, stream_blocks
 from omniforcing.types import AVLatents
 
@@ -29,7 +30,7 @@ def concat_blocks(blocks: list[AVLatents]) -> AVLatents:
 
 
 @torch.no_grad()
-def generate_dual_mode_clips(network: nn.Module, codec: AVCodec, captions: list[str], seconds: int,
+def generate_dual_mode_clips(network: AVBackbone, codec: AVCodec, captions: list[str], seconds: int,
                              modes: DualModes, *, video: bool = True, audio: bool = True, mode: Mode = "few_step",
                              seed: int = 0, few_step_times: tuple[float, ...] | None = None,
                              multi_steps: int | None = None) -> GeneratedClips:

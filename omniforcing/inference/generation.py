@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from omniforcing.codecs.base import AVCodec
 from omniforcing.inference.bidirectional import generate_bidirectional
 from omniforcing.inference.clips import GeneratedClips, decode_latents, latent_noise
+from omniforcing.models.protocol import AVBackbone
 
 
 def method_arg(config: dict[str, Any], name: str, default: Any) -> Any:
@@ -24,11 +24,11 @@ def modalities(config: dict[str, Any]) -> tuple[bool, bool]:
 
 
 @torch.no_grad()
-def generate_teacher_clips(network: nn.Module, codec: AVCodec, config: dict[str, Any], captions: list[str],
+def generate_teacher_clips(network: AVBackbone, codec: AVCodec, config: dict[str, Any], captions: list[str],
                            seconds: int, seed: int = 0, steps: int | None = None, video_cfg: float | None = None,
                            audio_cfg: float | None = None) -> GeneratedClips:
     """Whole-clip generation with a bidirectional model, using its recorded sampler settings unless overridden."""
-    device = next(network.parameters()).device
+    device = network.device
     has_video, has_audio = modalities(config)
     noise = latent_noise(codec, seconds, len(captions), video=has_video, audio=has_audio,
                          generator=torch.Generator().manual_seed(seed), device=device)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from omniforcing.codecs.base import AVCodec
 from omniforcing.inference.clips import GeneratedClips
@@ -44,6 +44,7 @@ from omniforcing.inference.stream_decoding import IncrementalDecoder
 from omniforcing.inference.stream_settings import StreamingSettings, settings_from_config
 from omniforcing.models.kv_cache import AVKVCache
 from omniforcing.models.layout import BlockLayout, block_start
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.models.text import TextContext
 from omniforcing.sampling.blocks import BlockGenerator, BlockStep, block_step
 from omniforcing.sampling.guidance import GuidedDenoiser
@@ -132,7 +133,7 @@ class StreamingGenerator:
             player.push(block.video, block.audio)
     """
 
-    def __init__(self, network: nn.Module, codec: AVCodec, settings: StreamingSettings | None = None) -> None:
+    def __init__(self, network: AVBackbone, codec: AVCodec, settings: StreamingSettings | None = None) -> None:
         if not network.causal:
             raise ValueError("streaming needs a causal (block-causal) network; a bidirectional model generates "
                              "whole clips (omniforcing.inference.bidirectional.generate_bidirectional)")
@@ -164,7 +165,7 @@ class StreamingGenerator:
     @property
     def device(self) -> torch.device:
         """Device of the network's parameters."""
-        return next(self.network.parameters()).device
+        return self.network.device
 
     def num_blocks(self, seconds: int) -> int:
         """Macro-blocks of a stream of ``seconds`` whole seconds after the lead frame."""
@@ -185,9 +186,8 @@ class StreamingGenerator:
     def new_cache(self) -> AVKVCache:
         """An empty rolling cache with the settings' windows and prefix policy (batch 1)."""
         s = self.settings
-        return AVKVCache(len(self.network.layers), 1, window_seconds=s.window_seconds,
-                         audio_window_seconds=s.audio_window_seconds,
-                         prefix_position=s.prefix_position or self.network.prefix_position)
+        return self.network.new_cache(1, window_seconds=s.window_seconds, audio_window_seconds=s.audio_window_seconds,
+                                      prefix_position=s.prefix_position)
 
     # ---------------------------------------------------------------- generation
     def latent_blocks(self, prompt: Prompt, seconds: int | None = None,
@@ -300,7 +300,7 @@ class StreamingGenerator:
         return video, audio
 
 
-def generate_streaming_clips(network: nn.Module, codec: AVCodec, config: dict[str, Any], captions: list[str],
+def generate_streaming_clips(network: AVBackbone, codec: AVCodec, config: dict[str, Any], captions: list[str],
                              seconds: int, seed: int = 0, steps: int | None = None) -> GeneratedClips:
     """Whole decoded clips from a causal student through the streaming engine (evaluation, sample logging).
 

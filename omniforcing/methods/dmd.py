@@ -19,11 +19,12 @@ on analytic toys and used with any backbone; :meth:`DistributionMatching.real_sc
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from omniforcing.diffusion.flow import add_noise, velocity_target, x0_from_velocity
 from omniforcing.diffusion.samplers import Denoiser
 from omniforcing.diffusion.time_samplers import TimeSampler, UniformTimeSampler
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.models.text import TextContext
 from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.types import AVLatents
@@ -87,12 +88,12 @@ class DistributionMatching:
         self.weights = {"video": video_weight, "audio": audio_weight}
 
     # ---------------------------------------------------------------- scores of backbones
-    def real_score(self, teacher: nn.Module, text: TextContext, null_text: TextContext | None) -> Denoiser:
+    def real_score(self, teacher: AVBackbone, text: TextContext, null_text: TextContext | None) -> Denoiser:
         """The frozen teacher with per-modality CFG, called bidirectionally on the whole clip."""
         return GuidedDenoiser(teacher, text, null_text, self.video_cfg, self.audio_cfg, causal=False)
 
     @staticmethod
-    def fake_score(critic: nn.Module, text: TextContext) -> Denoiser:
+    def fake_score(critic: AVBackbone, text: TextContext) -> Denoiser:
         """The critic without guidance (DMD2 / Self-Forcing use no CFG on the fake score)."""
         return GuidedDenoiser(critic, text, causal=False)
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from omniforcing.diffusion.flow import add_noise, velocity_target
 from omniforcing.diffusion.time_samplers import LogitNormalTimeSampler, TimeSampler
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.types import AVLatents
 
 Modality = Literal["joint", "video", "audio"]
@@ -75,7 +76,7 @@ class FlowMatching:
 
     def loss(
         self,
-        network: nn.Module,
+        network: AVBackbone,
         x0: AVLatents,
         captions: list[str],
         generator: torch.Generator | None = None,

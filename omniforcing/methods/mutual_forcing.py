@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from omniforcing.diffusion.flow import add_noise, velocity_target, x0_from_velocity
 from omniforcing.diffusion.samplers import Denoiser, fresh_noise, sample_euler
@@ -50,6 +50,7 @@ from omniforcing.diffusion.time_samplers import LogitNormalTimeSampler, TimeSamp
 from omniforcing.methods.dmd import normalised_direction, surrogate_loss
 from omniforcing.methods.flow_matching import condition_drop_mask, weighted_mse
 from omniforcing.models.layout import BlockLayout
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.blocks import commit_block, denoise_block
 from omniforcing.sampling.dual_mode import (DualModes, HistoryCaches, HistoryFromRealClip, HistorySource,
                                             latents_device, new_history_caches)
@@ -69,7 +70,7 @@ def block_latents(x: AVLatents, layout: BlockLayout, block: int) -> AVLatents:
                      None if x.audio is None else x.audio[:, audio_slice])
 
 
-def clip_layout(network: nn.Module, x: AVLatents) -> BlockLayout:
+def clip_layout(network: AVBackbone, x: AVLatents) -> BlockLayout:
     """Block layout of clip latents under the network's prefix layout."""
     return network.layout(None if x.video is None else x.video.shape[1], None if x.audio is None else x.audio.shape[1])
 
@@ -207,9 +208,9 @@ class MutualForcing:
         return float(times[int(torch.randint(len(times), (1,), generator=generator))])
 
     # ---------------------------------------------------------------- the step
-    def loss(self, network: nn.Module, x0: AVLatents, captions: list[str], modes: DualModes, *,
+    def loss(self, network: AVBackbone, x0: AVLatents, captions: list[str], modes: DualModes, *,
              generator: torch.Generator | None = None, shared_generator: torch.Generator | None = None,
-             critic: nn.Module | None = None) -> MutualForcingStep:
+             critic: AVBackbone | None = None) -> MutualForcingStep:
         """One Mutual Forcing step on clean clip latents (video ``(B, Tv, C, h, w)``, audio ``(B, Ta, C)``).
 
         Args:

@@ -20,11 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from omniforcing.diffusion.flow import x0_from_velocity
 from omniforcing.diffusion.samplers import Denoiser, sample_euler
 from omniforcing.diffusion.schedules import euler_schedule
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.sampling.schedule import check_times
 from omniforcing.models.layout import BlockLayout
@@ -91,7 +92,7 @@ def trajectory_states(denoiser: Denoiser, noise: AVLatents, grid: Tensor, indice
 
 
 @torch.no_grad()
-def teacher_trajectory(teacher: nn.Module, captions: list[str], noise: AVLatents, grid: Tensor,
+def teacher_trajectory(teacher: AVBackbone, captions: list[str], noise: AVLatents, grid: Tensor,
                        indices: Sequence[int], video_cfg: float, audio_cfg: float) -> AVLatents:
     """The teacher's Euler trajectory with per-modality CFG, sampled at ``indices`` (see :func:`trajectory_states`).
 
@@ -175,7 +176,7 @@ class ODERegression:
         t = x.zip_map(levels, lambda m, lv: times.to(m.device, torch.float32)[lv.to(m.device)])
         return x, t
 
-    def loss(self, network: nn.Module, states: AVLatents, times: Tensor, captions: list[str],
+    def loss(self, network: AVBackbone, states: AVLatents, times: Tensor, captions: list[str],
              generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """ODE-regression losses of a batch of ODE pairs (see :meth:`inputs` for the shapes).
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from omniforcing.models.layout import BlockLayout
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.models.text import TextContext
 from omniforcing.sampling.blocks import BlockGenerator
 from omniforcing.sampling.guidance import GuidedDenoiser
@@ -29,7 +30,7 @@ from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES, BlockTimes, ch
 from omniforcing.types import AVLatents
 
 
-def blocks_for_seconds(network: nn.Module, seconds: int) -> int:
+def blocks_for_seconds(network: AVBackbone, seconds: int) -> int:
     """Macro-blocks of a clip of ``seconds`` whole seconds after the lead, under the network's prefix layout."""
     return BlockLayout.for_seconds(seconds, network.prefix).num_blocks
 
@@ -38,7 +39,7 @@ def _cat(parts: list[Tensor | None]) -> Tensor | None:
     return None if parts[0] is None else torch.cat(parts, dim=1)
 
 
-def rollout(network: nn.Module, text: TextContext, num_blocks: int, times: Sequence[float], *,
+def rollout(network: AVBackbone, text: TextContext, num_blocks: int, times: Sequence[float], *,
             video_latent: tuple[int, ...] | None, audio_latent: tuple[int, ...] | None,
             exit_step: int | None = None, context_time: float = 0.0, checkpoint_exit: bool = True,
             window_seconds: float | None = None, generator: torch.Generator | None = None,
@@ -97,11 +98,11 @@ class SelfForcing:
         self.rollout_blocks = rollout_blocks
         self.checkpoint_exit = checkpoint_exit
 
-    def num_blocks(self, network: nn.Module, seconds: int) -> int:
+    def num_blocks(self, network: AVBackbone, seconds: int) -> int:
         """Blocks of one training rollout for clips of ``seconds`` seconds."""
         return self.rollout_blocks or blocks_for_seconds(network, seconds)
 
-    def rollout(self, network: nn.Module, text: TextContext, num_blocks: int, exit_step: int | None, *,
+    def rollout(self, network: AVBackbone, text: TextContext, num_blocks: int, exit_step: int | None, *,
                 video_latent: tuple[int, ...] | None, audio_latent: tuple[int, ...] | None,
                 generator: torch.Generator | None) -> AVLatents:
         """One training rollout (see :func:`rollout`); gradient only through each block's exit forward."""

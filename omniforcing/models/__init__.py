@@ -2,12 +2,14 @@
 
 from omniforcing.models.kv_cache import AVKVCache, CacheState
 from omniforcing.models.layout import AttentionMasks, BlockLayout, block_causal_masks, block_visibility
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.models.presets import PRESETS, build_preset, preset_kwargs
 from omniforcing.models.text import ByteTextEncoder, TextContext, TextEmbedding, TextEncoder
 from omniforcing.models.transformer import DualStreamTransformer
 
 __all__ = [
     "PRESETS",
+    "AVBackbone",
     "AVKVCache",
     "AttentionMasks",
     "BlockLayout",

@@ -172,16 +172,34 @@ class DualStreamTransformer(nn.Module):
         return TextContext(self.video.text(captions, shared, drop), self.audio.text(captions, shared, drop))
 
     def new_cache(self, batch_size: int, *, window_seconds: float | None = None,
-                  audio_window_seconds: float | None = None) -> AVKVCache:
+                  audio_window_seconds: float | None = None,
+                  prefix_position: PrefixPosition | None = None) -> AVKVCache:
         """An empty cache for block-by-block decoding of ``batch_size`` streams.
 
         Args:
             batch_size: streams decoded together.
             window_seconds: video window in whole seconds (``None`` = never evict).
             audio_window_seconds: audio window (``None`` = same as ``window_seconds``).
+            prefix_position: override of :attr:`prefix_position` for this cache (``None`` = the model's).
         """
-        return AVKVCache(len(self.layers), batch_size, window_seconds=window_seconds,
-                         audio_window_seconds=audio_window_seconds, prefix_position=self.prefix_position)
+        return AVKVCache(self.depth, batch_size, window_seconds=window_seconds,
+                         audio_window_seconds=audio_window_seconds,
+                         prefix_position=prefix_position or self.prefix_position)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights (:class:`~omniforcing.models.protocol.AVBackbone`)."""
+        return self.video.proj_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the weights."""
+        return self.video.proj_in.weight.dtype
+
+    @property
+    def depth(self) -> int:
+        """Number of dual-stream layers."""
+        return len(self.layers)
 
     # ---------------------------------------------------------------- forward
     def forward(self, video: Tensor | None, audio: Tensor | None, t_video: Tensor | None, t_audio: Tensor | None,
@@ -333,7 +351,7 @@ class DualStreamTransformer(nn.Module):
         video = counts(layout.video_start, layout.num_video, tokens_per_frame, 0) if has_video else None
         audio = counts(layout.audio_start, layout.num_audio, 1, self.num_audio_sinks) if has_audio else None
         return cache.plan(block, video, audio, (layout.video_rate * tokens_per_frame, layout.audio_rate),
-                          layout.is_complete, self._device())
+                          layout.is_complete, self.device)
 
     def _run_layers(self, xv: Tensor | None, xa: Tensor | None, mv: Tensor | None, ma: Tensor | None,
                     text_kv: list[TextKV], call: LayerCall,
@@ -391,8 +409,8 @@ class DualStreamTransformer(nn.Module):
                 raise ValueError("a local attention window needs the block-causal mask (causal=True)")
             return AttentionMasks()
         masks = block_causal_masks(layout, self.video_grid[0] * self.video_grid[1], self.num_audio_sinks,
-                                   video_window, audio_window, str(self._device()))
-        return additive_masks(masks, self._dtype())
+                                   video_window, audio_window, str(self.device))
+        return additive_masks(masks, self.dtype)
 
     def _call(self, layout: BlockLayout, block: int, num_video: int, num_audio: int, masks: AttentionMasks | None,
               cache: AVKVCache | None,
@@ -402,7 +420,7 @@ class DualStreamTransformer(nn.Module):
         ``masks=None`` asks for masks over ``[history | current]`` keys (several blocks in one cached call), made
         once per cache plan (additive) and reused by every call of that plan.
         """
-        device, dtype = self._device(), self._dtype()
+        device, dtype = self.device, self.dtype
         sinks = self.num_audio_sinks if block == 0 else 0
         video = self.geometry.video(layout.video_start(block), num_video, device, dtype) if num_video else None
         audio = self.geometry.audio(layout.audio_start(block), num_audio, sinks, device, dtype) if num_audio else None
@@ -467,12 +485,6 @@ class DualStreamTransformer(nn.Module):
         return [TextKV(layer.video.text_attn.keys_values(tokens[0]), layer.audio.text_attn.keys_values(tokens[1]),
                        video_mask, audio_mask)
                 for layer in self.layers]
-
-    def _device(self) -> torch.device:
-        return self.video.proj_in.weight.device
-
-    def _dtype(self) -> torch.dtype:
-        return self.video.proj_in.weight.dtype
 
 
 def _check_time(name: str, t: Tensor | None, shape: tuple[int, int]) -> None:

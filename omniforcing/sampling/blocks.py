@@ -19,12 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from omniforcing.diffusion.flow import add_noise
 from omniforcing.diffusion.samplers import fresh_noise, sample_euler
 from omniforcing.diffusion.schedules import euler_schedule
 from omniforcing.models.layout import block_start
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.few_step import draw_renoise, few_step
 from omniforcing.sampling.guidance import Branch, GuidedDenoiser, clip_time
 from omniforcing.sampling.schedule import BlockTimes
@@ -39,7 +40,7 @@ class BlockShape:
     audio: tuple[int, ...] | None
 
 
-def block_shape(network: nn.Module, block: int, video_latent: tuple[int, ...] | None,
+def block_shape(network: AVBackbone, block: int, video_latent: tuple[int, ...] | None,
                 audio_latent: tuple[int, ...] | None) -> BlockShape:
     """Shapes of ``block`` under the network's prefix layout, from one latent's shape per present modality.
 
@@ -220,7 +221,7 @@ class BlockGenerator:
         """The starting noise of ``block`` (``(B, Tv_k, C, h, w)`` / ``(B, Ta_k, C)``)."""
         network = self.denoiser.network
         shape = block_shape(network, block, self.video_latent, self.audio_latent)
-        return block_noise(shape, self.denoiser.cond.text.batch_size, generator, next(network.parameters()).device,
+        return block_noise(shape, self.denoiser.cond.text.batch_size, generator, network.device,
                            self.dtype)
 
     def draw(self, block: int, generator: torch.Generator | None) -> BlockDraws:

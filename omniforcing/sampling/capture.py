@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.blocks import BlockStep, block_step
 from omniforcing.sampling.guidance import GuidedDenoiser
 
@@ -74,10 +75,10 @@ class CapturedBlockStep:
             self._compile(branch.network)
         return self.step(denoiser, block, *args, **kwargs)
 
-    def _compile(self, network: torch.nn.Module) -> None:
+    def _compile(self, network: AVBackbone) -> None:
         if id(network) in self._compiled:
             return
-        device = next(network.parameters()).device
+        device = network.device
         cuda_graphs = device.type == "cuda" and self.backend == "inductor"
         mode = self.mode if self.mode is not None or not cuda_graphs else "reduce-overhead"
         network.compile_core(True, mode=mode, backend=self.backend)

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from omniforcing.diffusion.flow import add_noise
 from omniforcing.diffusion.samplers import fresh_noise
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.blocks import BlockDraws, BlockGenerator, EulerSteps, block_step
 from omniforcing.sampling.few_step import draw_renoise
 from omniforcing.sampling.guidance import Branch, GuidedDenoiser
@@ -105,7 +106,7 @@ class HistoryCaches:
     @property
     def device(self) -> torch.device:
         """Device of the conditional network."""
-        return next(self.cond.network.parameters()).device
+        return self.cond.network.device
 
     def few_step_denoiser(self) -> GuidedDenoiser:
         """The few-step mode's denoiser: the conditional branch, no guidance (distilled in)."""
@@ -137,8 +138,8 @@ class HistoryCaches:
             seeded_context=len(branches) > 1, dtype=dtype)
 
 
-def new_history_caches(network: nn.Module, captions: list[str], modes: DualModes, *, drop: Tensor | None = None,
-                       guided: bool = False, critic: nn.Module | None = None) -> HistoryCaches:
+def new_history_caches(network: AVBackbone, captions: list[str], modes: DualModes, *, drop: Tensor | None = None,
+                       guided: bool = False, critic: AVBackbone | None = None) -> HistoryCaches:
     """Empty caches (with the modes' window) and text contexts for ``captions``.
 
     Args:
@@ -151,7 +152,7 @@ def new_history_caches(network: nn.Module, captions: list[str], modes: DualModes
     """
     batch = len(captions)
 
-    def branch(net: nn.Module, text) -> Branch:
+    def branch(net: AVBackbone, text) -> Branch:
         return Branch(net, text, net.new_cache(batch, window_seconds=modes.window_seconds,
                                                audio_window_seconds=modes.audio_window_seconds))
 
@@ -164,7 +165,7 @@ def new_history_caches(network: nn.Module, captions: list[str], modes: DualModes
 
 
 @torch.no_grad()
-def stream_blocks(network: nn.Module, captions: list[str], num_blocks: int, modes: DualModes, *,
+def stream_blocks(network: AVBackbone, captions: list[str], num_blocks: int, modes: DualModes, *,
                   video: bool = True, audio: bool = True, mode: Mode = "few_step",
                   generator: torch.Generator | None = None, few_step_times: tuple[float, ...] | None = None,
                   multi_steps: int | None = None) -> Iterator[AVLatents]:

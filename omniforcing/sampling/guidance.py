@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from omniforcing.diffusion.guidance import classifier_free_guidance
 from omniforcing.models.kv_cache import AVKVCache
 from omniforcing.models.parallelize import checkpoint_cached_forward
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.models.text import TextContext
 from omniforcing.types import AVLatents
 
@@ -36,7 +37,7 @@ class Branch:
         cache: KV cache of committed blocks, or ``None`` (whole-clip calls).
     """
 
-    network: nn.Module
+    network: AVBackbone
     text: TextContext
     cache: AVKVCache | None = None
 
@@ -74,7 +75,7 @@ class GuidedDenoiser:
         **forward_kwargs: passed to every backbone call (``causal``, ``block``, ``step_size``, ...).
     """
 
-    def __init__(self, network: nn.Module, text: TextContext, null_text: TextContext | None = None,
+    def __init__(self, network: AVBackbone, text: TextContext, null_text: TextContext | None = None,
                  video_scale: float = 1.0, audio_scale: float = 1.0, cache: AVKVCache | None = None,
                  null_cache: AVKVCache | None = None, **forward_kwargs: Any) -> None:
         self.uses_guidance = video_scale != 1.0 or audio_scale != 1.0
@@ -88,7 +89,7 @@ class GuidedDenoiser:
         self.forward_kwargs = forward_kwargs
 
     @property
-    def network(self) -> nn.Module:
+    def network(self) -> AVBackbone:
         """The backbone."""
         return self.cond.network
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from omniforcing.codecs.base import AVCodec
 from omniforcing.methods.flow_matching import Modality, select_modality
 from omniforcing.inference.checkpoints import load_coupled, load_network_weights
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.models.weights import freeze_unused_parameters
 from omniforcing.types import AVBatch, AVLatents, ClipSpec
 
@@ -183,7 +184,7 @@ class AVLitModule(L.LightningModule):
                      sync_dist=split != "train")
 
 
-def check_latent_geometry(network: nn.Module, codec: AVCodec) -> None:
+def check_latent_geometry(network: AVBackbone, codec: AVCodec) -> None:
     """The backbone's latent channels and grid must be the codec's (they are set side by side in recipes)."""
     expected = {"video_channels": codec.video.latent_channels, "audio_channels": codec.audio.latent_channels,
                 "video_grid": tuple(codec.video.latent_size)}

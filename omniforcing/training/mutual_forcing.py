@@ -22,7 +22,7 @@ from omniforcing.inference.clips import GeneratedClips
 from omniforcing.inference.dual_mode import DualModes, Mode, generate_dual_mode_clips
 from omniforcing.methods.flow_matching import Modality
 from omniforcing.methods.mutual_forcing import MutualForcing, MutualForcingStep
-from omniforcing.models.transformer import DualStreamTransformer
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES
 from omniforcing.training.base import AVLitModule, default_optimizer
 from omniforcing.types import AVBatch, ClipSpec
@@ -137,8 +137,8 @@ class MutualForcingLitModule(AVLitModule):
                                         mode=self.sample_mode, seed=seed)
 
 
-def check_dual_mode_network(network: nn.Module) -> None:
+def check_dual_mode_network(network: AVBackbone) -> None:
     """Mutual Forcing needs a block-causal backbone conditioned on the step size (the mode signal)."""
-    if not isinstance(network, DualStreamTransformer) or not network.causal or not network.step_size_conditioning:
+    if not isinstance(network, AVBackbone) or not network.causal or not network.step_size_conditioning:
         raise ValueError("Mutual Forcing needs network init_args causal: true and step_size_conditioning: true "
                          "(the step size tells the shared weights which mode they run in)")
