@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from omniforcing.models.kv_cache import AVKVCache
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.models.transformer import DualStreamTransformer
 
 
@@ -29,7 +30,7 @@ def apply_activation_checkpointing(model: DualStreamTransformer, every: int = 1)
         layer.activation_checkpointing = index % every == 0
 
 
-def checkpoint_cached_forward(model: DualStreamTransformer, *args: Any, cache: AVKVCache,
+def checkpoint_cached_forward(model: AVBackbone, *args: Any, cache: AVKVCache,
                               **kwargs: Any) -> tuple[Tensor | None, Tensor | None]:
     """``model(*args, cache=cache, **kwargs)`` under ``torch.utils.checkpoint`` with the cache snapshotted.
 
