@@ -301,8 +301,9 @@ class _Mp4Muxer:
     Offline encoding (``low_latency=False``) is bit-exact: x264 runs without its assembly kernels
     (``asm=0``). With them, the same frames encoded twice in one long-lived process gave up to six different
     bitstreams in ten runs (measured inside the test suite, never in a fresh process, with one thread as with
-    many): the SIMD input copy reads past the end of PyAV's unpadded frame buffers, so heap garbage reaches
-    the encoder. The C kernels read only the picture; they cost about 2x encode time on 256x256 noise and
+    many). The likely cause is the SIMD input path reading memory outside the picture (PyAV's frame buffers
+    carry no padding), so heap contents reach the encoder: with ``asm=0`` every context gives the bitstream a
+    fresh process gives with the SIMD kernels. The C kernels cost about 2x encode time on 256x256 noise and
     nothing measurable on 32x32 clips, and make shards of the same seed byte-identical. The streaming writer
     keeps the fast kernels: its bytes need not repeat.
     """
