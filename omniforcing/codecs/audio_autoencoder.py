@@ -82,6 +82,11 @@ class MelAutoencoder(NormalizedAudioCodec):
         if checkpoint is not None:
             load_codec_weights(self, checkpoint)
 
+    @property
+    def decode_context(self) -> int:
+        """Latents before a block that the causal decoder reads (its convolution's context)."""
+        return self.decoder.context
+
     def encode_distribution(self, audio: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, 1, S)`` -> posterior ``(mean, logvar)``, each ``(B, S / 640, C)``."""
         return self._posterior(self.mel.encode(audio))

@@ -7,27 +7,40 @@ normalised latents, so swapping the codec is a recipe change.
 Geometry (DESIGN.md, "Tokens and time"): at 24 fps with a causal temporal stride of 8, a clip of
 ``1 + 24 n`` frames has ``1 + 3 n`` video latents (latent 0 = frame 0 alone); audio has ``1 + 25 n`` latents
 of 40 ms. Latent ``i`` never depends on frames or samples after its own span (causality).
+
+Streaming (``omniforcing.inference.stream_decoding``) asks a codec only for what it declares here: how many
+latents before a block its decoder reads (``decode_context``) and the frames of a window's last latents
+(``decode_tail``). Constructor arguments are recorded automatically (:class:`~omniforcing.class_paths.
+RecordsInitArgs`) for ``save_codec`` and exports; adding a codec is docs/extending.md, "A codec".
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import torch
 from torch import Tensor, nn
 
+from omniforcing.class_paths import RecordsInitArgs
 from omniforcing.types import AUDIO_LATENT_RATE
 
 
-class VideoCodec(nn.Module, ABC):
+class VideoCodec(RecordsInitArgs, nn.Module, ABC):
     """Causal video codec: ``(B, T, 3, H, W)`` in ``[-1, 1]`` <-> ``(B, Tv, C, h, w)`` latents.
 
-    Subclasses set ``fps``, ``temporal_stride``, ``latent_channels`` and ``latent_size`` (h, w).
+    Subclasses set ``fps``, ``temporal_stride``, ``latent_channels`` and ``latent_size`` (h, w), and
+    ``decode_context`` when they know it.
+
+    Attributes:
+        decode_context: latents before the decoded ones that the decoder reads (0: every latent decodes on its
+            own); ``None`` = not known, and a stream then keeps a generous history and says so.
     """
 
     fps: int = 24
     temporal_stride: int = 8
     latent_channels: int
     latent_size: tuple[int, int]
+    decode_context: int | None = None
 
     @property
     def latent_rate(self) -> int:
@@ -54,12 +67,36 @@ class VideoCodec(nn.Module, ABC):
     def decode(self, latents: Tensor) -> Tensor:
         """Decode normalised latents ``(B, Tv, C, h, w)`` to ``(B, T, 3, H, W)`` in ``[-1, 1]``."""
 
+    def decode_tail(self, latents: Tensor, count: int, from_clip_start: bool = True) -> Tensor:
+        """Frames of the last ``count`` of normalised ``(B, N, C, h, w)`` latents (streaming: decode new blocks).
 
-class AudioCodec(nn.Module, ABC):
-    """Audio codec: ``(B, 1, S)`` mono in ``[-1, 1]`` <-> ``(B, Ta, C)`` latents at 25 per second."""
+        Returns ``(B, 8 count, 3, H, W)``, or ``(B, 1 + 8 (N - 1), 3, H, W)`` when ``count == N`` and
+        ``latents[:, 0]`` is the clip's first latent (``from_clip_start``); equal to the same frames of
+        ``decode`` on the whole clip when the window holds ``decode_context`` latents before the tail. This
+        decodes the whole window; causal codecs override it to decode only what is needed.
+        """
+        n = latents.shape[1]
+        if not 1 <= count <= n:
+            raise ValueError(f"count must be in 1..{n}, got {count}")
+        if not from_clip_start:
+            # a copy of the window's first latent stands in for the clip start (frame 0 alone), so every given
+            # latent decodes as a full group of frames
+            latents = torch.cat([latents[:, :1], latents], 1)
+        frames = self.decode(latents)
+        return frames if count == n and from_clip_start else frames[:, -self.temporal_stride * count:]
+
+
+class AudioCodec(RecordsInitArgs, nn.Module, ABC):
+    """Audio codec: ``(B, 1, S)`` mono in ``[-1, 1]`` <-> ``(B, Ta, C)`` latents at 25 per second.
+
+    Attributes:
+        decode_context: latents before a block that the causal part of the decoder reads (0: none, or a
+            decoder that is not causal, whose streamed output then differs at block boundaries).
+    """
 
     sample_rate: int = 16000
     latent_channels: int
+    decode_context: int = 0
 
     @property
     def latent_rate(self) -> int:

@@ -45,6 +45,9 @@ class MelAudioCodec(NormalizedAudioCodec):
         griffin_lim_iters: Griffin-Lim iterations in ``decode``.
         nnls_iters: multiplicative NNLS refinements of the inverse mel filterbank in ``decode``.
         checkpoint: optional ``.safetensors`` from :func:`~omniforcing.codecs.save_codec` with the statistics.
+
+    The arguments other than ``checkpoint`` are recorded as ``init_args`` by the codec base
+    (:class:`~omniforcing.class_paths.RecordsInitArgs`), which ``save_codec`` and exports write.
     """
 
     def __init__(self, sample_rate: int = 16000, n_mels: int = 64, hop_length: int = 160,
@@ -57,10 +60,6 @@ class MelAudioCodec(NormalizedAudioCodec):
                              f"one 1/{AUDIO_LATENT_RATE} s latent at {sample_rate} Hz")
         if win_length < 2 * hop_length:
             raise ValueError(f"win_length {win_length} must be >= 2 * hop_length for the causal window alignment")
-        self.init_args = {"sample_rate": sample_rate, "n_mels": n_mels, "hop_length": hop_length,
-                          "frames_per_latent": frames_per_latent, "win_length": win_length, "f_min": f_min,
-                          "f_max": f_max, "min_power": min_power, "griffin_lim_iters": griffin_lim_iters,
-                          "nnls_iters": nnls_iters}
         self.sample_rate = sample_rate
         self.n_mels = n_mels
         self.hop_length = hop_length

@@ -111,23 +111,6 @@ class NormalizedVideoCodec(VideoCodec):
         self.check_latents(latents)
         return self.decode_raw(self.normalizer.denormalize(latents))
 
-    def decode_tail(self, latents: Tensor, count: int, from_clip_start: bool = True) -> Tensor:
-        """Frames of the last ``count`` of normalised ``(B, N, C, h, w)`` latents (streaming: decode new blocks).
-
-        Returns ``(B, 8 count, 3, H, W)``, or ``(B, 1 + 8 (N - 1), 3, H, W)`` when ``count == N`` and
-        ``latents[:, 0]`` is the clip's first latent (``from_clip_start``); equal to the same frames of
-        ``decode`` on the whole clip. Causal codecs override this to decode only what is needed.
-        """
-        n = latents.shape[1]
-        if not 1 <= count <= n:
-            raise ValueError(f"count must be in 1..{n}, got {count}")
-        if not from_clip_start:
-            # a copy of the window's first latent stands in for the clip start (frame 0 alone), so every given
-            # latent decodes as a full group of frames
-            latents = torch.cat([latents[:, :1], latents], 1)
-        frames = self.decode(latents)
-        return frames if count == n and from_clip_start else frames[:, -self.temporal_stride * count:]
-
     @torch.no_grad()
     def fit_normalization(self, clips: Iterable[Tensor], max_batches: int | None = None) -> None:
         """Measure the latent mean/std on video batches ``(B, T, 3, H, W)`` (at most ``max_batches``)."""

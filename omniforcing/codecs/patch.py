@@ -31,6 +31,8 @@ class PatchVideoCodec(NormalizedVideoCodec):
             normalisation statistics.
     """
 
+    decode_context = 0  # every latent decodes on its own
+
     def __init__(self, size: int = 32, patch_size: int = 8, temporal_stride: int = 8, fps: int = 24,
                  checkpoint: str | None = None) -> None:
         super().__init__()

@@ -191,6 +191,11 @@ class CausalVideoAutoencoder(NormalizedVideoCodec):
         """``(B, 1 + 8k, 3, H, W)`` in ``[-1, 1]`` -> raw latents (posterior means) ``(B, 1 + k, C, h, w)``."""
         return self.encode_distribution(video)[0]
 
+    @property
+    def decode_context(self) -> int:
+        """Latents before a block that the decoder reads: ``context_latents``."""
+        return self.context_latents
+
     def decode_groups(self, raw: Tensor) -> Tensor:
         """Raw latents ``(B, N, C, h, w)`` -> unclamped frame groups ``(B, N, S, 3, H, W)`` (training output)."""
         b, n = raw.shape[:2]

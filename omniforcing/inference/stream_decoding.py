@@ -3,7 +3,8 @@
 A causal codec decodes latent ``i`` from latents ``i - c .. i`` (``c`` = its context). Keeping the last ``c``
 latents of the stream and decoding ``[context | new block]`` therefore gives exactly the frames that decoding
 the whole clip gives, in bounded memory and constant time per block (tested for the patch codec and the
-learned causal video autoencoder).
+learned causal video autoencoder). ``c`` is what the codec declares as ``decode_context``
+(:class:`~omniforcing.codecs.base.VideoCodec`); nothing here knows a concrete codec class.
 
 Audio: the mel latents of :class:`~omniforcing.codecs.MelAudioCodec` (and the mel output of the causal
 :class:`~omniforcing.codecs.MelAutoencoder` decoder, given its context) are exact block by block, but the
@@ -20,11 +21,7 @@ import logging
 import torch
 from torch import Tensor
 
-from omniforcing.codecs.audio_autoencoder import MelAutoencoder
 from omniforcing.codecs.base import AudioCodec, AVCodec, VideoCodec
-from omniforcing.codecs.normalization import NormalizedVideoCodec
-from omniforcing.codecs.patch import PatchVideoCodec
-from omniforcing.codecs.video_autoencoder import CausalVideoAutoencoder
 from omniforcing.inference.clips import to_uint8_video
 from omniforcing.types import AVLatents
 
@@ -35,27 +32,23 @@ UNKNOWN_CODEC_CONTEXT = 8
 
 
 def video_decode_context(codec: VideoCodec) -> int:
-    """Latents before a block that the video decoder needs (at least 1: the lead latent is decoded specially).
+    """Latents before a block that the video decoder needs: the codec's ``decode_context``, at least 1.
 
-    The patch codec decodes every latent on its own; the learned autoencoder reads ``context_latents``
-    earlier latents. For other codecs exactness is not known: :data:`UNKNOWN_CODEC_CONTEXT` latents are kept
-    and a warning says so (pass ``video_context`` to choose).
+    At least one latent is kept because the clip's first latent decodes to a single frame: a block decoded
+    with one latent before it decodes as a full group. A codec that declares no context (``None``) gets
+    :data:`UNKNOWN_CODEC_CONTEXT` latents and a warning (pass ``video_context`` to choose).
     """
-    if isinstance(codec, PatchVideoCodec):
-        return 1
-    if isinstance(codec, CausalVideoAutoencoder):
-        return max(1, codec.context_latents)
-    log.warning("the decoder context of %s is unknown; streaming keeps %d latents of history (block-wise "
-                "decoding equals whole-clip decoding only if its decoder looks back no further)",
-                type(codec).__name__, UNKNOWN_CODEC_CONTEXT)
-    return UNKNOWN_CODEC_CONTEXT
+    if codec.decode_context is None:
+        log.warning("the decoder context of %s is unknown; streaming keeps %d latents of history (block-wise "
+                    "decoding equals whole-clip decoding only if its decoder looks back no further)",
+                    type(codec).__name__, UNKNOWN_CODEC_CONTEXT)
+        return UNKNOWN_CODEC_CONTEXT
+    return max(1, codec.decode_context)
 
 
 def audio_decode_context(codec: AudioCodec) -> int:
-    """Latents before a block that the audio decoder's causal part needs (0 for the mel codec)."""
-    if isinstance(codec, MelAutoencoder):
-        return codec.decoder.context
-    return 0
+    """Latents before a block that the audio decoder's causal part needs (the codec's ``decode_context``)."""
+    return codec.decode_context
 
 
 class IncrementalDecoder:
@@ -95,10 +88,7 @@ class IncrementalDecoder:
             window = block
         else:
             window = torch.cat([self._video, block], dim=1)
-            if isinstance(self.codec.video, NormalizedVideoCodec):
-                frames = self.codec.video.decode_tail(window, count)
-            else:
-                frames = self.codec.video.decode(window)[:, -self.codec.video.temporal_stride * count:]
+            frames = self.codec.video.decode_tail(window, count)
         self._video = window[:, -self.video_context:]
         return frames
 
