@@ -11,6 +11,7 @@ __all__ = [
     "PRESETS",
     "AVBackbone",
     "AVKVCache",
+    "LTX2Backbone",
     "AttentionMasks",
     "BlockLayout",
     "ByteTextEncoder",
@@ -24,3 +25,11 @@ __all__ = [
     "build_preset",
     "preset_kwargs",
 ]
+
+
+def __getattr__(name: str):
+    """``LTX2Backbone`` on first use: importing diffusers costs seconds, which no other caller should pay."""
+    if name == "LTX2Backbone":
+        from omniforcing.models.ltx2 import LTX2Backbone
+        return LTX2Backbone
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,139 @@
+"""Attention processors of the LTX-2 adapter: block-causal masks, cached history and the commit's keys/values.
+
+One :class:`CachedAttnProcessor` is installed (``set_processor``) on each of the four block-level attentions of
+every ``LTX2VideoTransformerBlock``: ``attn1`` (video self), ``audio_attn1`` (audio self), ``audio_to_video_attn``
+(video queries, audio keys: kind ``"audio_to_video"``) and ``video_to_audio_attn`` (audio queries, video keys:
+``"video_to_audio"``) — the kinds of :mod:`omniforcing.models.ring`. Text cross-attention keeps diffusers'
+processor (its keys are the prompt, never cached here).
+
+The processor computes what diffusers' ``LTX2AudioVideoAttnProcessor`` computes (projections, QK RMS-norm across
+heads, RoPE on queries and keys, optional per-head gates, output projection), with three differences driven by
+the :class:`AttentionCall` the adapter binds around a block for one forward:
+
+* keys/values are ``[history | current]`` (:func:`omniforcing.models.ring.with_history`: in place into the ring
+  on the streaming hot path, gathered otherwise); keys are cached already rotated at their absolute positions;
+* the mask is the call's additive ``(Q, K)`` block-causal mask over those keys (``None`` = attend to all);
+* the current keys/values are recorded for the commit (:meth:`omniforcing.models.kv_cache.AVKVCache.store`).
+
+Unbound (no call state), the processor is exactly diffusers' processor, so the wrapped model still runs
+``LTX2VideoTransformer3DModel.forward`` unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.transformers.transformer_ltx2 import apply_interleaved_rotary_emb, apply_split_rotary_emb
+from torch import Tensor, nn
+
+from omniforcing.models.layers import KV
+from omniforcing.models.ring import GatheredKV, RingKV, with_history
+
+KIND_MODULES = {"video_self": "attn1", "audio_self": "audio_attn1", "audio_to_video": "audio_to_video_attn",
+                "video_to_audio": "video_to_audio_attn"}
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionCall:
+    """One attention module's part of a forward.
+
+    Args:
+        history: cached keys/values of earlier blocks (ring storage or a gathered copy), ``None`` = none.
+        mask: additive ``(Q, K)`` mask over ``[history | current]`` keys, ``None`` = attend to all.
+        record: where the current keys/values ``(B, heads, N, head_dim)`` go, keyed by kind (``None`` = dropped:
+            a placeholder stream of a single-modality call).
+    """
+
+    history: RingKV | GatheredKV | None = None
+    mask: Tensor | None = None
+    record: dict[str, KV] | None = None
+
+
+def rotate(x: Tensor, rope: tuple[Tensor, Tensor], rope_type: str) -> Tensor:
+    """Diffusers' RoPE of ``x`` ``(B, N, heads * head_dim)`` (``LTX2AudioVideoAttnProcessor``)."""
+    if rope_type == "interleaved":
+        return apply_interleaved_rotary_emb(x, rope)
+    return apply_split_rotary_emb(x, rope)
+
+
+class CachedAttnProcessor:
+    """Attention processor of one attention kind (module docstring).
+
+    Args:
+        kind: ``"video_self"``, ``"audio_self"``, ``"audio_to_video"`` or ``"video_to_audio"``.
+    """
+
+    def __init__(self, kind: str) -> None:
+        if kind not in KIND_MODULES:
+            raise ValueError(f"unknown attention kind {kind!r}; one of {sorted(KIND_MODULES)}")
+        self.kind = kind
+        self.call: AttentionCall | None = None
+
+    def __call__(self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, query_rotary_emb: tuple[Tensor, Tensor] | None = None,
+                 key_rotary_emb: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``(B, Q, query_dim)`` -> ``(B, Q, query_dim)``; the signature of ``LTX2AudioVideoAttnProcessor``."""
+        source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
+        query = attn.norm_q(attn.to_q(hidden_states))
+        key = attn.norm_k(attn.to_k(source))
+        value = attn.to_v(source)
+        if query_rotary_emb is not None:
+            query = rotate(query, query_rotary_emb, attn.rope_type)
+            key = rotate(key, key_rotary_emb if key_rotary_emb is not None else query_rotary_emb, attn.rope_type)
+
+        def heads(x: Tensor) -> Tensor:
+            return x.unflatten(2, (attn.heads, -1)).transpose(1, 2)
+
+        q, current = heads(query), KV(heads(key), heads(value))
+        call = self.call
+        if call is None:
+            kv, mask = current, _diffusers_mask(attn, attention_mask, q.shape[0], key.shape[1])
+        else:
+            if call.record is not None:
+                call.record[self.kind] = current
+            kv, mask = with_history(call.history, current), call.mask
+        if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=mask).transpose(1, 2)
+        if gate_logits is not None:  # LTX-2.3 per-head gates, 2 sigmoid (1 at zero logits), as diffusers
+            out = out * (2.0 * torch.sigmoid(gate_logits))[..., None]
+        hidden = out.flatten(2).to(query.dtype)
+        return attn.to_out[1](attn.to_out[0](hidden))
+
+
+def _diffusers_mask(attn: nn.Module, mask: Tensor | None, batch: int, keys: int) -> Tensor | None:
+    """The mask as diffusers' processor prepares it (``prepare_attention_mask``, one row per head)."""
+    if mask is None:
+        return None
+    mask = attn.prepare_attention_mask(mask, keys, batch)
+    return mask.view(batch, attn.heads, -1, mask.shape[-1])
+
+
+def install(blocks: nn.ModuleList) -> list[dict[str, CachedAttnProcessor]]:
+    """Install a :class:`CachedAttnProcessor` on every block's four block-level attentions; per block, the
+    processors by kind."""
+    installed = []
+    for block in blocks:
+        processors = {}
+        for kind, name in KIND_MODULES.items():
+            processors[kind] = CachedAttnProcessor(kind)
+            getattr(block, name).set_processor(processors[kind])
+        installed.append(processors)
+    return installed
+
+
+@contextmanager
+def bound(processors: dict[str, CachedAttnProcessor], calls: dict[str, AttentionCall]) -> Iterator[None]:
+    """Bind ``calls`` (by kind) to one block's processors for the duration of the block's forward."""
+    for kind, processor in processors.items():
+        processor.call = calls[kind]
+    try:
+        yield
+    finally:
+        for processor in processors.values():
+            processor.call = None

@@ -1,0 +1,220 @@
+"""Precomputed prompt features: LTX-2's text conditioning with no text encoder at run time.
+
+LTX-2 conditions both streams on the output of its text connectors (Gemma-3 12 B hidden states -> the
+``LTX2TextConnectors`` video / audio connectors, docs/data.md "Prompt features"). ``omniforcing data encode
+--text-encoder PATH`` runs them once per distinct caption and stores the result; :class:`PromptBank` reads it
+back, so training and streaming never load the 12 B encoder.
+
+Storage (bfloat16, the dtype LTX-2 runs in: features computed in bf16 are stored exactly):
+
+* per latent sample, the member ``KEY.prompt.safetensors``: tensors ``video (L, Dv)`` and ``audio (L, Da)``
+  (only the ``L`` tokens the connectors' mask keeps; with LTX-2's learnable registers that is every one of the
+  ``max_sequence_length`` tokens) and the caption in the safetensors metadata;
+* per dataset (or per ``data encode-prompts`` run), the bank file ``prompts.safetensors``: tensors
+  ``video.{i}`` / ``audio.{i}`` for the ``i``-th distinct caption, the captions as a JSON list in the metadata,
+  always including the unconditional prompt ``""`` (LTX-2's default negative prompt).
+
+Nothing is pickled; the bank file is opened lazily (safetensors maps it), so its size does not count in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from omniforcing.errors import InvalidInputError, MissingInputError
+from omniforcing.models.text import TextContext, TextEmbedding
+
+PROMPT_MEMBER = "prompt.safetensors"
+"""Tar member (after the sample key) holding one latent sample's caption features."""
+
+BANK_NAME = "prompts.safetensors"
+"""The bank file ``data encode --text-encoder`` writes into a latent-shard folder."""
+
+BANK_FORMAT = "omniforcing-prompt-bank-1"
+UNCONDITIONAL = ""
+"""The caption whose features are the unconditional input (classifier-free guidance, caption dropout)."""
+
+STORAGE_DTYPE = torch.bfloat16
+
+ENCODE_HINT = ("encode it with `omniforcing data encode --text-encoder PATH` (dataset captions) or "
+               "`omniforcing data encode-prompts --text-encoder PATH --prompts FILE --out BANK` (prompts to stream)")
+
+
+@dataclass(frozen=True)
+class PromptFeatures:
+    """One caption's connector outputs, padding removed.
+
+    Args:
+        video: ``(L, Dv)`` features for the video stream's caption projection.
+        audio: ``(L, Da)`` features for the audio stream's caption projection (same ``L``).
+    """
+
+    video: Tensor
+    audio: Tensor
+
+    def stored(self) -> PromptFeatures:
+        """The features as stored: contiguous CPU bfloat16."""
+        return PromptFeatures(*(t.detach().to("cpu", STORAGE_DTYPE).contiguous() for t in (self.video, self.audio)))
+
+
+def prompt_member_bytes(caption: str, features: PromptFeatures) -> bytes:
+    """The ``prompt.safetensors`` member of a latent sample (bfloat16 tensors, caption in the metadata)."""
+    stored = features.stored()
+    return save_safetensors({"video": stored.video, "audio": stored.audio}, metadata={"caption": caption})
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (an 8-byte little-endian header length, then JSON)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + length]).get("__metadata__", {})
+
+
+def read_prompt_member(data: bytes) -> tuple[str, PromptFeatures]:
+    """``(caption, features)`` of a ``prompt.safetensors`` member."""
+    tensors = load_safetensors(data)
+    return safetensors_metadata(data)["caption"], PromptFeatures(tensors["video"], tensors["audio"])
+
+
+def save_prompt_bank(path: Path, bank: dict[str, PromptFeatures], encoder: dict) -> None:
+    """Write ``bank`` (caption -> features, ``""`` included) as a bank file, atomically.
+
+    Args:
+        path: the ``.safetensors`` file.
+        bank: the features of each distinct caption.
+        encoder: what made them (:meth:`~omniforcing.data.prompt_encoding.PromptFeatureEncoder.description`).
+    """
+    if UNCONDITIONAL not in bank:
+        raise ValueError("a prompt bank must hold the unconditional prompt \"\"")
+    captions = list(bank)
+    tensors = {}
+    for index, caption in enumerate(captions):
+        stored = bank[caption].stored()
+        tensors[f"video.{index}"], tensors[f"audio.{index}"] = stored.video, stored.audio
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata={"format": BANK_FORMAT, "captions": json.dumps(captions),
+                                               "encoder": json.dumps(encoder, sort_keys=True)})
+    os.replace(partial, path)
+
+
+def iter_shard_prompts(shard: Path) -> list[tuple[str, PromptFeatures]]:
+    """``(caption, features)`` of every ``prompt.safetensors`` member of a latent shard, in order."""
+    found = []
+    with tarfile.open(shard) as archive:
+        for info in archive:
+            if info.isfile() and Path(info.name).name.partition(".")[2] == PROMPT_MEMBER:
+                handle = archive.extractfile(info)
+                assert handle is not None
+                found.append(read_prompt_member(handle.read()))
+    return found
+
+
+def pad_batch(rows: list[PromptFeatures], device: torch.device, dtype: torch.dtype) -> TextContext:
+    """Per-stream ``(B, L, D)`` features padded with zeros to the longest row, mask ``(B, L)`` False there."""
+    longest = max(row.video.shape[0] for row in rows)
+    mask = torch.zeros(len(rows), longest, dtype=torch.bool, device=device)
+    streams = []
+    for stream in ("video", "audio"):
+        width = getattr(rows[0], stream).shape[1]
+        tokens = torch.zeros(len(rows), longest, width, dtype=dtype, device=device)
+        for index, row in enumerate(rows):
+            features = getattr(row, stream)
+            tokens[index, :features.shape[0]] = features.to(device, dtype)
+            mask[index, :features.shape[0]] = True
+        streams.append(TextEmbedding(tokens, mask))
+    return TextContext(*streams)
+
+
+class PromptBank(nn.Module):
+    """Captions -> LTX-2 text features, looked up in precomputed features (no encoder weights at all).
+
+    Satisfies :class:`omniforcing.models.ltx2.text.PromptEncoder`. Features come back on the device and in the
+    floating dtype of the module (``bank.to("cuda", torch.bfloat16)``, or those of the model owning it); the
+    features themselves are no parameters or state: a checkpoint holds only the path.
+
+    Args:
+        path: a bank file (``prompts.safetensors`` of a latent-shard folder, or ``data encode-prompts --out``),
+            or a latent-shard folder written by ``data encode --text-encoder``: its bank file, else the
+            ``prompt.safetensors`` members of its shards (these lack ``""``, which caption dropout needs).
+
+    Raises:
+        MissingInputError: ``path`` does not exist or holds no prompt features.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._index: dict[str, int] = {}  # caption -> entry of the bank file
+        self._loaded: dict[str, PromptFeatures] = {}  # caption -> features read from shard members
+        self._bank_file: Path | None = None
+        # An empty buffer: ``.to(device, dtype)`` of the owning model moves it, and features follow it.
+        self.register_buffer("placement", torch.zeros(0), persistent=False)
+        self._open(self.path)
+        first = self._features([next(iter(self._index or self._loaded))])[0]
+        self.width, self.audio_width = first.video.shape[1], first.audio.shape[1]
+
+    def _open(self, path: Path) -> None:
+        if path.is_dir() and (path / BANK_NAME).is_file():
+            path = path / BANK_NAME
+        if path.is_file():
+            self._bank_file = path
+            with safe_open(str(path), framework="pt") as bank:
+                metadata = bank.metadata() or {}
+            if metadata.get("format") != BANK_FORMAT:
+                raise InvalidInputError(f"{path} is not a prompt bank (written by `omniforcing data encode "
+                                        "--text-encoder` or `omniforcing data encode-prompts`)")
+            self._index = {caption: index for index, caption in enumerate(json.loads(metadata["captions"]))}
+        elif path.is_dir():
+            for shard in sorted(path.glob("*.tar")):
+                self._loaded.update(iter_shard_prompts(shard))
+        if not (self._index or self._loaded):
+            raise MissingInputError(f"no prompt features at {path}: write them with `omniforcing data encode "
+                                    "--text-encoder PATH` (latent shards) or `omniforcing data encode-prompts`")
+
+    @property
+    def captions(self) -> list[str]:
+        """Every caption the bank holds."""
+        return list(self._index or self._loaded)
+
+    def _missing(self, caption: str) -> MissingInputError:
+        shown = caption if len(caption) <= 80 else caption[:77] + "..."
+        what = "the unconditional prompt \"\"" if caption == UNCONDITIONAL else f"caption {shown!r}"
+        return MissingInputError(f"{what} is not in the prompt bank {self.path} ({len(self.captions)} "
+                                 f"captions); {ENCODE_HINT}")
+
+    def _features(self, captions: list[str]) -> list[PromptFeatures]:
+        if self._bank_file is None:
+            for caption in captions:
+                if caption not in self._loaded:
+                    raise self._missing(caption)
+            return [self._loaded[caption] for caption in captions]
+        for caption in captions:
+            if caption not in self._index:
+                raise self._missing(caption)
+        with safe_open(str(self._bank_file), framework="pt") as bank:  # opened per call: the module stays copyable
+            return [PromptFeatures(bank.get_tensor(f"video.{self._index[c]}"), bank.get_tensor(f"audio.{self._index[c]}"))
+                    for c in captions]
+
+    def forward(self, captions: list[str], drop: Tensor | None = None) -> TextContext:
+        """Features of ``B`` captions, padded to the longest: ``(B, L, width)`` / ``(B, L, audio_width)``, mask
+        ``(B, L)``; rows where ``drop`` ``(B,)`` is True get the unconditional prompt ``""``."""
+        if drop is not None:
+            captions = [UNCONDITIONAL if dropped else caption for caption, dropped in zip(captions, drop.tolist(),
+                                                                                          strict=True)]
+        unique = list(dict.fromkeys(captions))
+        found = dict(zip(unique, self._features(unique), strict=True))
+        return pad_batch([found[caption] for caption in captions], self.placement.device, self.placement.dtype)
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, captions={len(self.captions)}, width={self.width}"
