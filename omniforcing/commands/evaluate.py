@@ -35,7 +35,7 @@ from omniforcing.inference.export import instantiate, load_model
 from omniforcing.inference.generation import generate_teacher_clips
 from omniforcing.inference.streaming import generate_streaming_clips
 from omniforcing.metrics import MetricSuite
-from omniforcing.metrics.suite import SUITE_METRICS
+from omniforcing.metrics.suite import check_metric_specs
 from omniforcing.metrics.checkpoint_watch import (
     EVAL_DIR,
     CheckpointVersion,
@@ -119,9 +119,10 @@ def evaluate(
             row per window in the JSON and curves in TensorBoard at ``OUT.tensorboard`` (docs/metrics.md).
     """
     names = metric_names(extractors)
-    unknown = [name for name in names if name not in SUITE_METRICS]
-    if unknown:
-        raise InvalidInputError(f"--extractors: unknown metrics {unknown}; choose from {', '.join(SUITE_METRICS)}")
+    try:
+        check_metric_specs(names)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"--extractors: {error}") from error
     settings = dict(i3d_path=i3d_path, vggish_path=vggish_path)
     if watch is not None:
         if fake is not None:

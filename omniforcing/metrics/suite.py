@@ -28,12 +28,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from omniforcing.errors import InvalidInputError
 from omniforcing.metrics.extractors import (
     EXTRACTOR_NAMES,
+    ExtractorSpec,
     InvalidWeightsError,
     MissingWeightsError,
     SynchformerOffsets,
     build_extractor,
+    extractor_class_spec,
 )
 from omniforcing.metrics.frechet_metric import FrechetAudioDistance, FrechetDistance, FrechetVideoDistance
 from omniforcing.metrics.sync import SyncAnalyzer
@@ -42,8 +45,33 @@ from omniforcing.types import AVBatch
 
 logger = logging.getLogger(__name__)
 
-SUITE_METRICS = (*EXTRACTOR_NAMES, "sync", "desync")
-"""Names accepted by :class:`MetricSuite`: the extractor names plus ``"sync"`` and ``"desync"`` (Synchformer)."""
+PAIRED_METRICS = ("sync", "desync")
+"""Metrics of a clip's audio and video together (not a Fréchet distance of one extractor's features)."""
+
+SUITE_METRICS = (*EXTRACTOR_NAMES, *PAIRED_METRICS)
+"""Short names accepted by :class:`MetricSuite`: the extractor names plus ``"sync"`` and ``"desync"``
+(Synchformer). Any :class:`~omniforcing.metrics.extractors.FeatureExtractor` class path is accepted too."""
+
+
+def check_metric_specs(metrics: Sequence[ExtractorSpec]) -> None:
+    """Raise one :class:`~omniforcing.errors.InvalidInputError` naming every spec that is neither a paired metric,
+    a short extractor name nor a class path (class paths are imported when the suite is built)."""
+    unknown = []
+    for spec in metrics:
+        if isinstance(spec, str) and spec in PAIRED_METRICS:
+            continue
+        try:
+            extractor_class_spec(spec)
+        except InvalidInputError:
+            unknown.append(spec)
+    if unknown:
+        raise InvalidInputError(f"unknown metrics {unknown}; choose from {', '.join(SUITE_METRICS)} or give the "
+                                "class path of a FeatureExtractor")
+
+
+def metric_key(spec: ExtractorSpec) -> str:
+    """How a metric spec is named in :attr:`MetricSuite.skipped` (its short name or class path)."""
+    return spec if isinstance(spec, str) else str(spec["class_path"])
 
 
 def real_stats_cache_path(cache_dir: str | Path, metric: FrechetDistance, description: str) -> Path:
@@ -66,7 +94,8 @@ class MetricSuite(nn.Module):
     Args:
         metrics: names from :data:`SUITE_METRICS`: ``"video_stats"``, ``"audio_stats"`` (weight-free FDs),
             ``"i3d"`` (FVD), ``"vggish"`` (FAD), ``"sync"`` (AV-Align, AV offset, event sync), ``"desync"``
-            (Synchformer DeSync; clips of at least 4.8 s).
+            (Synchformer DeSync; clips of at least 4.8 s); or a :class:`FeatureExtractor` class path (string or
+            ``{"class_path", "init_args"}``), whose Fréchet distance is logged as ``fd_<its name>``.
         i3d_path: ``i3d_torchscript.pt`` (None: ``$OMNIFORCING_I3D_PATH``).
         vggish_path: ``vggish-10086976.pth`` (None: ``$OMNIFORCING_VGGISH_PATH``).
         synchformer_path: ``synchformer_state_dict.pth`` (None: ``$OMNIFORCING_SYNCHFORMER_PATH``).
@@ -76,18 +105,17 @@ class MetricSuite(nn.Module):
         max_offset_ms: search range of :class:`AVSyncOffset`.
 
     Raises:
-        ValueError: an unknown metric name (a configuration error, raised at construction).
+        InvalidInputError: an unknown metric name or an unusable class path (a ``ValueError``; a configuration
+            error, raised at construction).
     """
 
-    def __init__(self, metrics: Sequence[str] = ("video_stats", "audio_stats", "sync"), *,
+    def __init__(self, metrics: Sequence[ExtractorSpec] = ("video_stats", "audio_stats", "sync"), *,
                  i3d_path: str | Path | None = None, vggish_path: str | Path | None = None,
                  synchformer_path: str | Path | None = None, keep_features: bool = False,
                  sync_tolerance_frames: float = 1.0,
                  max_offset_ms: float = 500.0) -> None:
         super().__init__()
-        unknown = [name for name in metrics if name not in SUITE_METRICS]
-        if unknown:
-            raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(SUITE_METRICS)}")
+        check_metric_specs(metrics)
         self.frechet = nn.ModuleDict()
         self.sync = nn.ModuleDict()
         self.skipped: dict[str, str] = {}
@@ -96,22 +124,34 @@ class MetricSuite(nn.Module):
         self.analyzer = SyncAnalyzer()
         self.synchformer: SynchformerOffsets | None = None
         self.desync: DeSync | None = None
-        for name in metrics:
-            if name == "desync":
-                self._add_desync(synchformer_path)
-                continue
-            if name == "sync":
-                self.sync.update({"av_align": AVAlign(), "av_offset": AVSyncOffset(max_offset_ms=max_offset_ms),
-                                  "event_sync": EventSync(tolerance_frames=sync_tolerance_frames)})
-                continue
-            try:
-                extractor = build_extractor(name, i3d_path=i3d_path, vggish_path=vggish_path)
-            except (MissingWeightsError, InvalidWeightsError) as error:
-                logger.warning("metric %r is skipped: %s", name, error)
-                self.skipped[name] = str(error)
-                continue
-            metric_class = FrechetVideoDistance if extractor.modality == "video" else FrechetAudioDistance
-            self.frechet[name] = metric_class(extractor, reset_real_features=False, keep_features=keep_features)
+        paired = {"sync": lambda: self._add_sync(sync_tolerance_frames, max_offset_ms),
+                  "desync": lambda: self._add_desync(synchformer_path)}
+        weight_paths = {"i3d": i3d_path, "vggish": vggish_path}
+        for spec in metrics:
+            if isinstance(spec, str) and spec in paired:
+                paired[spec]()
+            else:
+                self._add_frechet(spec, weight_paths)
+
+    def _add_frechet(self, spec: ExtractorSpec, weight_paths: dict[str, str | Path | None]) -> None:
+        """A Fréchet distance on the features of the extractor of ``spec``; skipped with one warning when its
+        weights are missing or wrong."""
+        try:
+            extractor = build_extractor(spec, weight_paths=weight_paths)
+        except (MissingWeightsError, InvalidWeightsError) as error:
+            logger.warning("metric %r is skipped: %s", metric_key(spec), error)
+            self.skipped[metric_key(spec)] = str(error)
+            return
+        if extractor.name in self.frechet:
+            raise InvalidInputError(f"two metrics use extractors named {extractor.name!r}; keep one")
+        metric_class = FrechetVideoDistance if extractor.modality == "video" else FrechetAudioDistance
+        self.frechet[extractor.name] = metric_class(extractor, reset_real_features=False,
+                                                    keep_features=self.keep_features)
+
+    def _add_sync(self, tolerance_frames: float, max_offset_ms: float) -> None:
+        """AV-Align, AV offset and event sync on the synchrony signals of each generated clip."""
+        self.sync.update({"av_align": AVAlign(), "av_offset": AVSyncOffset(max_offset_ms=max_offset_ms),
+                          "event_sync": EventSync(tolerance_frames=tolerance_frames)})
 
     def _add_desync(self, path: str | Path | None) -> None:
         """DeSync only with a recognised Synchformer state dict; otherwise skipped with one warning."""
