@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "data inspect": "omniforcing.commands.data:inspect",
     "data ode-pairs": "omniforcing.commands.ode_pairs:ode_pairs",
     "data encode": "omniforcing.commands.codec:encode",
+    "data encode-prompts": "omniforcing.commands.prompts:encode_prompts",
     "data codec-stats": "omniforcing.commands.codec:codec_stats",
     "codec export": "omniforcing.commands.codec:export_codec",
     "generate": "omniforcing.commands.generate:generate",

@@ -20,6 +20,7 @@ from omniforcing.codecs.base import AudioCodec, AVCodec, VideoCodec
 from omniforcing.codecs.checkpoint import config_path, load_codec, save_codec
 from omniforcing.codecs.normalization import NormalizedAudioCodec, NormalizedVideoCodec
 from omniforcing.data.latent_shards import encode_latent_shards, iter_window_batches, plan_windows
+from omniforcing.data.prompt_encoding import PromptFeatureEncoder, TextDtype
 from omniforcing.data.shards import iter_tar_samples, resolve_shards
 from omniforcing.errors import InvalidInputError, MissingInputError
 from omniforcing.inference.export import instantiate
@@ -86,12 +87,15 @@ def clip_geometry(codec: nn.Module, shards: list[str], seconds: int) -> ClipSpec
 
 
 def encode(*, source: str, codec: str, out: Path, seconds: int = 2, stride_seconds: int = 1, shard_size: int = 256,
-           batch_size: int = 16, dtype: Literal["float16", "float32"] = "float32", device: str = "cpu") -> None:
+           batch_size: int = 16, dtype: Literal["float16", "float32"] = "float32", device: str = "cpu",
+           text_encoder: Path | None = None, text_dtype: TextDtype = "bfloat16", text_max_length: int = 1024) -> None:
     """Pre-encode media shards into latent shards, so methods train on latents without decoding media.
 
     Every stored clip of L seconds gives windows of SECONDS at offsets 0, stride, ... (offset + SECONDS <= L),
     each encoded from its own first frame. Re-running the same command resumes: finished shards are kept.
     Train on the result with ``-c recipes/data/latents.yaml`` and the same codec in the method recipe.
+    With ``--text-encoder`` each window also stores its caption's prompt features, and OUT a bank of every caption
+    (``prompts.safetensors``) that ``PromptBank`` reads, so LTX-2 runs without its text encoder (docs/data.md).
 
     Args:
         source: media shards (``data synth`` / ``data pack`` output): folder, brace pattern, glob or list; on
@@ -104,17 +108,25 @@ def encode(*, source: str, codec: str, out: Path, seconds: int = 2, stride_secon
         shard_size: windows per output shard.
         batch_size: windows encoded at once.
         dtype: storage type of the latents (float32 reads back exactly; float16 halves the size, docs/codecs.md).
-        device: device of the codec (``cpu``, ``cuda``).
+        device: device of the codec (``cpu``, ``cuda``) and of the text encoder.
+        text_encoder: a local folder: LTX-2's ``text_encoder/``, ``tokenizer/`` and ``connectors/`` (Gemma-3 + its
+            connectors), or any transformers encoder (``AutoModel`` + ``AutoTokenizer``).
+        text_dtype: compute dtype of the text encoder (features are stored as bfloat16).
+        text_max_length: tokens per caption (LTX-2's ``max_sequence_length``, a multiple of 128).
     """
     model = open_codec(codec)
     if not isinstance(model, AVCodec):
         raise InvalidInputError(f"--codec {codec} is a {type(model).__name__}; encoding needs an AVCodec (video and "
                                 "audio), e.g. a config like recipes/latents/learned.yaml whose codecs point at your "
                                 "checkpoints")
-    manifest = encode_latent_shards(model, resolve_shards(source), out, seconds, stride_seconds, shard_size,
-                                    batch_size, dtype, device)
+    files = resolve_shards(source)
+    prompts = PromptFeatureEncoder(text_encoder, device, text_dtype, text_max_length) if text_encoder else None
+    manifest = encode_latent_shards(model, files, out, seconds, stride_seconds, shard_size, batch_size, dtype, device,
+                                    prompt_encoder=prompts)
     print(f"encoded {manifest['samples']} windows of {seconds} s into {len(manifest['shards'])} shards in {out} "
           f"(codec {manifest['codec_fingerprint']}, {dtype})")
+    if prompts is not None:
+        print(f"prompt features of {text_encoder} in each sample and, per caption, in {Path(out) / 'prompts.safetensors'}")
     if manifest["skipped"]:
         print(f"skipped {len(manifest['skipped'])}:")
         for reason in manifest["skipped"][:20]:

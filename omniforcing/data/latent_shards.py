@@ -11,7 +11,9 @@ A latent sample (docs/data.md) holds ``video_latents.npy`` ``(1 + 3 S, C, h, w)`
 the size at a rounding error of about 1e-3 of the unit-variance latents, docs/codecs.md) and ``json``:
 the stored clip's metadata with its ``events`` unchanged (times from the stored clip's frame 0) plus
 ``latent_offset_seconds`` (the datamodule shifts event times by it), ``seconds`` / ``num_frames`` /
-``num_samples`` of the window, ``source_shard`` / ``source_key``, and ``codec_fingerprint``.
+``num_samples`` of the window, ``source_shard`` / ``source_key``, and ``codec_fingerprint``. With a text
+encoder (``--text-encoder``) each sample also holds its caption's features ``prompt.safetensors`` and the folder
+the bank file ``prompts.safetensors`` (data/prompt_encoding.py).
 
 Output shard ``k`` holds windows ``k K .. (k + 1) K - 1`` of the plan (``K`` = shard size) and is written to a
 temporary name and renamed when complete, so a re-run skips finished shards and redoes only the rest
@@ -45,8 +47,10 @@ from omniforcing.codecs.base import AVCodec
 from omniforcing.codecs.checkpoint import codec_config
 from omniforcing.data.decoding import AUDIO_LATENTS, VIDEO_LATENTS, BadSampleError, decode_media, parse_metadata
 from omniforcing.data.media import MediaError, read_av
+from omniforcing.data.prompt_encoding import CaptionFeatures, PromptFeatureEncoder
 from omniforcing.data.shards import MANIFEST_NAME, SHARD_NAME, iter_tar_samples, json_bytes, sample_key
 from omniforcing.errors import InvalidInputError
+from omniforcing.models.ltx2.prompt_bank import BANK_NAME, PROMPT_MEMBER
 from omniforcing.types import AUDIO_LATENT_RATE, ClipSpec
 
 log = logging.getLogger(__name__)
@@ -211,15 +215,17 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def latent_members(meta: dict[str, Any], window: LatentWindow, spec: ClipSpec, video_latents: Tensor,
-                   audio_latents: Tensor, fingerprint: str, dtype: LatentDtype) -> dict[str, bytes]:
+                   audio_latents: Tensor, fingerprint: str, dtype: LatentDtype,
+                   prompt: bytes | None = None) -> dict[str, bytes]:
     """Tar members of one latent sample: ``video_latents.npy`` ``(Tv, C, h, w)``, ``audio_latents.npy``
-    ``(Ta, C)`` in ``dtype``, and the json record (stored metadata + window fields, events unchanged)."""
+    ``(Ta, C)`` in ``dtype``, the json record (stored metadata + window fields, events unchanged), and the caption's
+    features ``prompt.safetensors`` when given (models/ltx2/prompt_bank.py)."""
     record = {**meta, "seconds": spec.seconds, "num_frames": spec.num_frames, "num_samples": spec.num_samples,
               "latent_offset_seconds": float(window.offset), "source_shard": Path(window.shard).name,
               "source_key": window.key, "codec_fingerprint": fingerprint}
     return {VIDEO_LATENTS: npy_bytes(video_latents.cpu().numpy().astype(dtype)),
             AUDIO_LATENTS: npy_bytes(audio_latents.cpu().numpy().astype(dtype)),
-            "json": json_bytes(record)}
+            "json": json_bytes(record), **({PROMPT_MEMBER: prompt} if prompt is not None else {})}
 
 
 def check_resume(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -248,7 +254,8 @@ def write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None
 @torch.no_grad()
 def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, seconds: int, stride_seconds: int = 1,
                          shard_size: int = 256, batch_size: int = 16, dtype: LatentDtype = "float32",
-                         device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+                         device: str = "cpu", progress: bool = True,
+                         prompt_encoder: PromptFeatureEncoder | None = None) -> dict[str, Any]:
     """Encode every window of the media ``shards`` with ``codec`` into latent shards in ``out``.
 
     Args:
@@ -262,6 +269,8 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
         dtype: storage type of the latents.
         device: where the codec runs.
         progress: show a progress bar.
+        prompt_encoder: when given, each sample also gets its caption's features and ``out`` the bank file
+            ``prompts.safetensors`` (data/prompt_encoding.py).
 
     Returns:
         The manifest written to ``out/dataset.json``.
@@ -282,21 +291,28 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
                 "seconds": seconds, "stride_seconds": stride_seconds, "shard_size": shard_size, "dtype": dtype,
                 "fps": spec.fps, "sample_rate": spec.sample_rate, "size": spec.size,
                 "video_latent_rate": codec.video.latent_rate, "codec_fingerprint": codec_fingerprint(codec),
-                "codec": codec_config(codec)}
+                "codec": codec_config(codec),
+                "text_encoder": prompt_encoder.description() if prompt_encoder is not None else None}
     manifest = check_resume(out, json.loads(json.dumps(settings)))  # JSON types, as an earlier manifest has
+    prompts = CaptionFeatures(prompt_encoder, batch_size) if prompt_encoder is not None else None
     manifest["skipped"] = sorted(set(manifest["skipped"]) | set(skipped))
     bar = tqdm(total=len(windows), disable=not progress, desc="encode", unit="window")
     for first in range(0, len(windows), shard_size):
         name, part = SHARD_NAME.format(first // shard_size), windows[first:first + shard_size]
         if (out / name).is_file():
+            if prompts is not None:
+                prompts.read_shard(out / name)
             bar.update(len(part))
             continue
         samples, failed = [], []
         for indices, metas, video, audio in iter_window_batches(part, spec, batch_size, failed):
             video_latents, audio_latents = codec.video.encode(video.to(device)), codec.audio.encode(audio.to(device))
+            captions = [str(meta.get("caption", "")) for meta in metas]  # the caption batches carry (decoding.py)
+            features = prompts.members(captions) if prompts is not None else [None] * len(metas)
             samples += [(sample_key(first + i), latent_members(meta, part[i], spec, v, a,
-                                                               settings["codec_fingerprint"], dtype))
-                        for i, meta, v, a in zip(indices, metas, video_latents, audio_latents, strict=True)]
+                                                               settings["codec_fingerprint"], dtype, prompt))
+                        for i, meta, v, a, prompt in zip(indices, metas, video_latents, audio_latents, features,
+                                                         strict=True)]
             bar.update(len(indices))
         write_shard(out / name, samples)
         manifest["shard_samples"][name] = len(samples)
@@ -305,6 +321,8 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
     bar.close()
     if not sum(manifest["shard_samples"].values()):
         raise RuntimeError(f"no window of {len(windows)} could be decoded: {'; '.join(manifest['skipped'][:5])}")
+    if prompts is not None:
+        prompts.save(out / BANK_NAME)
     manifest.update(complete=True, samples=sum(manifest["shard_samples"].values()),
                     shards=sorted(manifest["shard_samples"]))
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
