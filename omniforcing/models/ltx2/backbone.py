@@ -85,7 +85,9 @@ class LTX2Backbone(nn.Module):
     """LTX-2's audio-video transformer behind the backbone protocol (module docstring).
 
     Args:
-        text_encoder: caption features for the caption projections (``width == caption_channels``).
+        text_encoder: caption features for the caption projections (``width == caption_channels``), a
+            :class:`PromptEncoder` (typed ``nn.Module`` so recipes choose it by ``class_path``: jsonargparse cannot
+            match ``nn.Module.__call__`` against the protocol's ``__call__``).
         video_grid: ``(h, w)`` tokens per video latent (LTX-2 at 512x768: ``(16, 24)``).
         pretrained: a local folder holding ``subfolder/config.json`` and weights (Lightricks/LTX-2).
         subfolder: the transformer's folder inside ``pretrained``.
@@ -100,7 +102,7 @@ class LTX2Backbone(nn.Module):
         fps: video frame rate of the latents (LTX-2: 24), for RoPE and the macro-block layout.
     """
 
-    def __init__(self, *, text_encoder: PromptEncoder, video_grid: tuple[int, int], pretrained: Path | None = None,
+    def __init__(self, *, text_encoder: nn.Module, video_grid: tuple[int, int], pretrained: Path | None = None,
                  subfolder: str = "transformer", architecture: LTX2Architecture | None = None,
                  dtype: Literal["float32", "bfloat16"] = "float32", num_audio_sinks: int = 0,
                  prefix: PrefixLayout = "v1", causal: bool = False, prefix_position: PrefixPosition = "absolute",
@@ -115,6 +117,8 @@ class LTX2Backbone(nn.Module):
         self.transformer = _load(pretrained, subfolder, architecture, dtype)
         config = self.transformer.config
         _check_supported(config)
+        if not isinstance(text_encoder, PromptEncoder):
+            raise TypeError(f"text_encoder must be a PromptEncoder (width + __call__), got {type(text_encoder)}")
         if text_encoder.width != config.caption_channels:
             raise ValueError(f"the text encoder gives {text_encoder.width}-wide features, the transformer's caption "
                              f"projections take {config.caption_channels}")
