@@ -1,0 +1,53 @@
+"""The LTX-2 adapter under the sampling layer: a streamed, guided 2-block generation runs; unguided one-step
+streaming equals the same sampler written with block-causal full-sequence forwards."""
+
+from __future__ import annotations
+
+import torch
+
+from omniforcing.sampling.blocks import BlockGenerator
+from omniforcing.sampling.guidance import GuidedDenoiser
+from omniforcing.sampling.schedule import BlockTimes
+
+
+@torch.no_grad()
+def test_guided_block_generator_streams_two_blocks(make_backbone):
+    model = make_backbone(num_audio_sinks=2, causal=True, step_size_conditioning=True)
+    text = model.encode_text(["a"])
+    null = model.encode_text(["a"], drop=torch.ones(1, dtype=torch.bool))
+    denoiser = GuidedDenoiser(model, text, null, 2.0, 3.0, cache=model.new_cache(1, window_seconds=2),
+                              null_cache=model.new_cache(1, window_seconds=2))
+    blocks = BlockGenerator(denoiser, BlockTimes.of([1.0, 0.6, 0.3], [1.0, 0.5]), (8, 2, 3), (8,),
+                            step_size=torch.full((1,), 0.25), context_time=0.1)
+    generator = torch.Generator().manual_seed(0)
+    out = [blocks(k, generator) for k in range(2)]
+    assert [tuple(o.video.shape) for o in out] == [(1, 1, 8, 2, 3), (1, 3, 8, 2, 3)]
+    assert [tuple(o.audio.shape) for o in out] == [(1, 1, 8), (1, 25, 8)]
+    assert all(torch.isfinite(o.video).all() and torch.isfinite(o.audio).all() for o in out)
+    assert denoiser.cond.cache.next_block == 2 and denoiser.uncond.cache.next_block == 2
+
+
+@torch.no_grad()
+def test_streamed_one_step_sampling_equals_block_causal_full_forwards(make_backbone):
+    model = make_backbone(num_audio_sinks=2, causal=True)
+    text = model.encode_text(["a", "b"])
+    blocks = BlockGenerator(GuidedDenoiser(model, text, cache=model.new_cache(2)), BlockTimes.of([1.0]),
+                            (8, 2, 3), (8,))
+    generator = torch.Generator().manual_seed(0)
+    draws = [blocks.draw(k, torch.Generator().manual_seed(k)) for k in range(3)]
+    streamed = []
+    for k, draw in enumerate(draws):
+        blocks.draw = lambda block, gen, draw=draw: draw  # the same noise for both samplers
+        streamed.append(blocks(k, generator))
+    # the same sampler with full forwards: block k denoised at t = 1 after the clean blocks < k at t = 0
+    video, audio = torch.empty(2, 0, 8, 2, 3), torch.empty(2, 0, 8)
+    for k, draw in enumerate(draws):
+        video, audio = torch.cat([video, draw.noise.video], 1), torch.cat([audio, draw.noise.audio], 1)
+        nv, na = draw.noise.video.shape[1], draw.noise.audio.shape[1]
+        t_video = torch.cat([torch.zeros(2, video.shape[1] - nv), torch.ones(2, nv)], 1)
+        t_audio = torch.cat([torch.zeros(2, audio.shape[1] - na), torch.ones(2, na)], 1)
+        v_video, v_audio = model(video, audio, t_video, t_audio, text)
+        video = torch.cat([video[:, :-nv], video[:, -nv:] - v_video[:, -nv:]], 1)
+        audio = torch.cat([audio[:, :-na], audio[:, -na:] - v_audio[:, -na:]], 1)
+        assert (video[:, -nv:] - streamed[k].video).abs().max() <= 1e-5
+        assert (audio[:, -na:] - streamed[k].audio).abs().max() <= 1e-5

@@ -1,0 +1,91 @@
+"""LTX-2 adapter in training: activation checkpointing (per block, and of whole cached forwards) gives the same
+gradients; the step-size embedding starts at zero; compiled blocks give the same outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omniforcing.models.parallelize import checkpoint_cached_forward
+
+
+def _rollout_grads(model, clip, checkpoint_calls: bool):
+    """A Self-Forcing-like rollout with a 2-s window: per block a no-grad step, an exit forward with grad, a
+    clean no-grad commit. Returns the parameter gradients of the total loss."""
+    gen = torch.Generator().manual_seed(3)
+    cache = model.new_cache(2, window_seconds=2)
+    loss = 0.0
+    for k in range(clip.layout.num_blocks):
+        video, audio, t_video, t_audio = clip.block(k)
+        noise_v, noise_a = torch.randn(video.shape, generator=gen), torch.randn(audio.shape, generator=gen)
+        with torch.no_grad():
+            model(noise_v, noise_a, t_video, t_audio, clip.text, cache=cache, block=k)
+        args = (noise_v * 0.5 + video * 0.5, noise_a * 0.5 + audio * 0.5, t_video * 0.5, t_audio * 0.5, clip.text)
+        if checkpoint_calls:
+            out_v, out_a = checkpoint_cached_forward(model, *args, cache=cache, block=k)
+        else:
+            out_v, out_a = model(*args, cache=cache, block=k)
+        loss = loss + out_v.square().mean() + out_a.square().mean()
+        with torch.no_grad():
+            model(out_v, out_a, torch.zeros_like(t_video), torch.zeros_like(t_audio), clip.text, cache=cache,
+                  block=k, commit=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.autograd.grad(loss, params, allow_unused=True)
+
+
+def _assert_same_grads(got, want):
+    assert sum(w is not None for w in want) > 10
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("per_block,whole_call", [(True, False), (False, True)])
+def test_checkpointing_gives_the_same_gradients(make_backbone, make_clip, per_block, whole_call):
+    reference_model = make_backbone(num_audio_sinks=2)
+    clip = make_clip(reference_model, seconds=3)
+    reference = _rollout_grads(reference_model, clip, checkpoint_calls=False)
+    model = make_backbone(num_audio_sinks=2, activation_checkpointing=per_block)
+    _assert_same_grads(_rollout_grads(model, clip, checkpoint_calls=whole_call), reference)
+
+
+def test_full_sequence_training_forward_with_block_checkpointing(make_backbone, make_clip):
+    grads = []
+    for checkpointed in (False, True):
+        model = make_backbone(num_audio_sinks=2, causal=True, activation_checkpointing=checkpointed)
+        clip = make_clip(model, seconds=2)
+        out_v, out_a = model(clip.video, clip.audio, clip.t_video, clip.t_audio, clip.text, window_seconds=1)
+        loss = out_v.square().mean() + out_a.square().mean()
+        grads.append(torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True))
+    _assert_same_grads(*grads)
+
+
+def test_step_size_embedding_starts_at_zero_and_trains(make_backbone, make_clip):
+    plain = make_backbone()
+    model = make_backbone(step_size_conditioning=True)
+    clip = make_clip(model, seconds=1)
+    args = (clip.video, clip.audio, clip.t_video, clip.t_audio, clip.text)
+    with torch.no_grad():
+        want = plain(*args)
+        got = model(*args, step_size=torch.tensor([0.25, 1.0]))
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    with pytest.raises(ValueError, match="step_size"):
+        model(*args)
+    out_v, out_a = model(*args, step_size=torch.tensor([0.25, 1.0]))
+    grad = torch.autograd.grad(out_v.square().mean() + out_a.square().mean(), model.video_step.mlp[-1].weight)[0]
+    assert grad.abs().max() > 0
+
+
+@torch.no_grad()
+def test_compiled_blocks_give_the_same_outputs(make_backbone, make_clip):
+    model = make_backbone(num_audio_sinks=2, causal=True)
+    clip = make_clip(model, seconds=2)
+    want = model(clip.video, clip.audio, clip.t_video, clip.t_audio, clip.text)
+    model.compile_core(backend="eager")
+    assert model.compiled
+    got = model(clip.video, clip.audio, clip.t_video, clip.t_audio, clip.text)
+    model.compile_core(enabled=False)
+    for g, w in zip(got, want):
+        assert (g - w).abs().max() <= 1e-6
