@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
+
 import pytest
 import torch
 from diffusers import LTX2VideoTransformer3DModel
@@ -48,3 +51,26 @@ def test_backbone_satisfies_the_protocol(make_backbone):
     assert model.depth == 2 and model.step_size_conditioning and model.dtype == torch.float32
     layout = model.layout(7)
     assert (layout.num_audio, layout.video_rate, layout.audio_rate) == (51, 3, 25)
+    for name in ("layout", "encode_text", "new_cache", "forward", "compile_core"):  # the protocol's parameters
+        wanted = [(p.name, p.kind) for p in inspect.signature(getattr(AVBackbone, name)).parameters.values()]
+        got = [(p.name, p.kind) for p in inspect.signature(getattr(type(model), name)).parameters.values()]
+        assert got[:len(wanted)] == wanted, name
+
+
+@torch.no_grad()
+def test_deep_copy_and_state_dict_round_trip(make_backbone, make_clip):
+    """EMA copies and checkpoints: a deep copy runs its own weights through its own processors."""
+    model = make_backbone(num_audio_sinks=2, causal=True)
+    clip = make_clip(model, seconds=1)
+    args = (clip.video, clip.audio, clip.t_video, clip.t_audio, clip.text)
+    want = model(*args)
+    twin = copy.deepcopy(model)
+    for got, w in zip(twin(*args), want):
+        assert torch.equal(got, w)
+    with torch.no_grad():
+        twin.transformer.proj_out.weight.add_(1.0)
+        twin.audio_sinks.add_(1.0)
+    assert not torch.equal(twin(*args)[0], want[0]) and torch.equal(model(*args)[0], want[0])
+    twin.load_state_dict(model.state_dict())
+    assert all(torch.equal(g, w) for g, w in zip(twin(*args), want))
+    assert {"audio_sinks", "transformer.proj_in.weight"} <= set(model.state_dict())

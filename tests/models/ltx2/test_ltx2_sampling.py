@@ -4,8 +4,9 @@ streaming equals the same sampler written with block-causal full-sequence forwar
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from omniforcing.sampling.blocks import BlockGenerator
+from omniforcing.sampling.blocks import BlockGenerator, block_step
 from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.sampling.schedule import BlockTimes
 
@@ -51,3 +52,34 @@ def test_streamed_one_step_sampling_equals_block_causal_full_forwards(make_backb
         audio = torch.cat([audio[:, :-na], audio[:, -na:] - v_audio[:, -na:]], 1)
         assert (video[:, -nv:] - streamed[k].video).abs().max() <= 1e-5
         assert (audio[:, -na:] - streamed[k].audio).abs().max() <= 1e-5
+
+
+class HostReads(TorchDispatchMode):
+    """Records every operation that reads a tensor value back to the host (``.item()``, ``int(t)``, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@torch.inference_mode()
+def test_streamed_block_steps_read_nothing_back_to_the_host(make_backbone):
+    """A guided block step with a rolling window makes no host synchronisation (before and after the window
+    fills): on CUDA each read would stall the stream."""
+    model = make_backbone(num_audio_sinks=2, causal=True)
+    text, null = model.encode_text(["a"]), model.encode_text(["a"], drop=torch.ones(1, dtype=torch.bool))
+    denoiser = GuidedDenoiser(model, text, null, 2.0, 3.0, cache=model.new_cache(1, window_seconds=2),
+                              null_cache=model.new_cache(1, window_seconds=2))
+    times = BlockTimes.of([1.0, 0.5])
+    blocks = BlockGenerator(denoiser, times, (8, 2, 3), (8,))
+    generator = torch.Generator().manual_seed(0)
+    for block in range(4):
+        draws = blocks.draw(block, generator)
+        with HostReads() as reads:
+            block_step(denoiser, block, draws, times)
+        assert reads.reads == [], (block, reads.reads)
