@@ -20,7 +20,6 @@ from omniforcing.codecs.base import AudioCodec, AVCodec, VideoCodec
 from omniforcing.codecs.checkpoint import config_path, load_codec, save_codec
 from omniforcing.codecs.normalization import NormalizedAudioCodec, NormalizedVideoCodec
 from omniforcing.data.latent_shards import encode_latent_shards, iter_window_batches, plan_windows
-from omniforcing.data.prompt_encoding import PromptFeatureEncoder, TextDtype
 from omniforcing.data.shards import iter_tar_samples, resolve_shards
 from omniforcing.errors import InvalidInputError, MissingInputError
 from omniforcing.inference.export import instantiate
@@ -88,7 +87,8 @@ def clip_geometry(codec: nn.Module, shards: list[str], seconds: int) -> ClipSpec
 
 def encode(*, source: str, codec: str, out: Path, seconds: int = 2, stride_seconds: int = 1, shard_size: int = 256,
            batch_size: int = 16, dtype: Literal["float16", "float32"] = "float32", device: str = "cpu",
-           text_encoder: Path | None = None, text_dtype: TextDtype = "bfloat16", text_max_length: int = 1024) -> None:
+           text_encoder: Path | None = None, text_dtype: Literal["bfloat16", "float32"] = "bfloat16",
+           text_max_length: int = 1024) -> None:
     """Pre-encode media shards into latent shards, so methods train on latents without decoding media.
 
     Every stored clip of L seconds gives windows of SECONDS at offsets 0, stride, ... (offset + SECONDS <= L),
@@ -120,13 +120,16 @@ def encode(*, source: str, codec: str, out: Path, seconds: int = 2, stride_secon
                                 "audio), e.g. a config like recipes/latents/learned.yaml whose codecs point at your "
                                 "checkpoints")
     files = resolve_shards(source)
-    prompts = PromptFeatureEncoder(text_encoder, device, text_dtype, text_max_length) if text_encoder else None
+    prompts = None
+    if text_encoder is not None:
+        from omniforcing.data.prompt_encoding import PromptFeatureEncoder  # loads diffusers and transformers
+        prompts = PromptFeatureEncoder(text_encoder, device, text_dtype, text_max_length)
     manifest = encode_latent_shards(model, files, out, seconds, stride_seconds, shard_size, batch_size, dtype, device,
                                     prompt_encoder=prompts)
     print(f"encoded {manifest['samples']} windows of {seconds} s into {len(manifest['shards'])} shards in {out} "
           f"(codec {manifest['codec_fingerprint']}, {dtype})")
     if prompts is not None:
-        print(f"prompt features of {text_encoder} in each sample and, per caption, in {Path(out) / 'prompts.safetensors'}")
+        print(f"prompt features of {text_encoder}: in each sample, and per caption in {out}/prompts.safetensors")
     if manifest["skipped"]:
         print(f"skipped {len(manifest['skipped'])}:")
         for reason in manifest["skipped"][:20]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from omniforcing.data.prompt_encoding import CaptionFeatures, PromptFeatureEncoder, TextDtype
 from omniforcing.errors import InvalidInputError, MissingInputError
 
 
 def encode_prompts(*, text_encoder: Path, prompts: Path, out: Path, device: str = "cpu",
-                   text_dtype: TextDtype = "bfloat16", text_max_length: int = 1024, batch_size: int = 8) -> None:
+                   text_dtype: Literal["bfloat16", "float32"] = "bfloat16", text_max_length: int = 1024,
+                   batch_size: int = 8) -> None:
     """Encode prompts (one per line) into a prompt bank file that ``PromptBank`` reads (docs/data.md).
 
     The bank always holds the unconditional prompt "" as well. Use it for prompts that are not captions of the
@@ -30,6 +31,8 @@ def encode_prompts(*, text_encoder: Path, prompts: Path, out: Path, device: str 
         raise InvalidInputError(f"--out {out}: a prompt bank is a .safetensors file")
     if not Path(prompts).is_file():
         raise MissingInputError(f"--prompts {prompts}: no such file (one prompt per line)")
+    from omniforcing.data.prompt_encoding import CaptionFeatures, PromptFeatureEncoder  # loads diffusers
+
     lines = [line.strip() for line in Path(prompts).read_text(encoding="utf-8").splitlines()]
     bank = CaptionFeatures(PromptFeatureEncoder(text_encoder, device, text_dtype, text_max_length), batch_size)
     bank.add(line for line in lines if line)

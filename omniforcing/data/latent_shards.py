@@ -35,7 +35,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -47,11 +47,12 @@ from omniforcing.codecs.base import AVCodec
 from omniforcing.codecs.checkpoint import codec_config
 from omniforcing.data.decoding import AUDIO_LATENTS, VIDEO_LATENTS, BadSampleError, decode_media, parse_metadata
 from omniforcing.data.media import MediaError, read_av
-from omniforcing.data.prompt_encoding import CaptionFeatures, PromptFeatureEncoder
 from omniforcing.data.shards import MANIFEST_NAME, SHARD_NAME, iter_tar_samples, json_bytes, sample_key
 from omniforcing.errors import InvalidInputError
-from omniforcing.models.ltx2.prompt_bank import BANK_NAME, PROMPT_MEMBER
 from omniforcing.types import AUDIO_LATENT_RATE, ClipSpec
+
+if TYPE_CHECKING:  # imported when used: the prompt encoders load diffusers and transformers
+    from omniforcing.data.prompt_encoding import PromptFeatureEncoder
 
 log = logging.getLogger(__name__)
 
@@ -216,16 +217,16 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def latent_members(meta: dict[str, Any], window: LatentWindow, spec: ClipSpec, video_latents: Tensor,
                    audio_latents: Tensor, fingerprint: str, dtype: LatentDtype,
-                   prompt: bytes | None = None) -> dict[str, bytes]:
+                   prompt: dict[str, bytes] | None = None) -> dict[str, bytes]:
     """Tar members of one latent sample: ``video_latents.npy`` ``(Tv, C, h, w)``, ``audio_latents.npy``
     ``(Ta, C)`` in ``dtype``, the json record (stored metadata + window fields, events unchanged), and the caption's
-    features ``prompt.safetensors`` when given (models/ltx2/prompt_bank.py)."""
+    features (``prompt``: ``{"prompt.safetensors": bytes}``, models/ltx2/prompt_bank.py)."""
     record = {**meta, "seconds": spec.seconds, "num_frames": spec.num_frames, "num_samples": spec.num_samples,
               "latent_offset_seconds": float(window.offset), "source_shard": Path(window.shard).name,
               "source_key": window.key, "codec_fingerprint": fingerprint}
     return {VIDEO_LATENTS: npy_bytes(video_latents.cpu().numpy().astype(dtype)),
             AUDIO_LATENTS: npy_bytes(audio_latents.cpu().numpy().astype(dtype)),
-            "json": json_bytes(record), **({PROMPT_MEMBER: prompt} if prompt is not None else {})}
+            "json": json_bytes(record), **(prompt or {})}
 
 
 def check_resume(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +295,10 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
                 "codec": codec_config(codec),
                 "text_encoder": prompt_encoder.description() if prompt_encoder is not None else None}
     manifest = check_resume(out, json.loads(json.dumps(settings)))  # JSON types, as an earlier manifest has
-    prompts = CaptionFeatures(prompt_encoder, batch_size) if prompt_encoder is not None else None
+    prompts = None
+    if prompt_encoder is not None:
+        from omniforcing.data.prompt_encoding import CaptionFeatures
+        prompts = CaptionFeatures(prompt_encoder, batch_size)
     manifest["skipped"] = sorted(set(manifest["skipped"]) | set(skipped))
     bar = tqdm(total=len(windows), disable=not progress, desc="encode", unit="window")
     for first in range(0, len(windows), shard_size):
@@ -322,7 +326,7 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
     if not sum(manifest["shard_samples"].values()):
         raise RuntimeError(f"no window of {len(windows)} could be decoded: {'; '.join(manifest['skipped'][:5])}")
     if prompts is not None:
-        prompts.save(out / BANK_NAME)
+        prompts.save_into(out)
     manifest.update(complete=True, samples=sum(manifest["shard_samples"].values()),
                     shards=sorted(manifest["shard_samples"]))
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

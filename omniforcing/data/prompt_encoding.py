@@ -27,6 +27,8 @@ from torch import Tensor
 
 from omniforcing.errors import InvalidInputError, MissingInputError
 from omniforcing.models.ltx2.prompt_bank import (
+    BANK_NAME,
+    PROMPT_MEMBER,
     UNCONDITIONAL,
     PromptFeatures,
     iter_shard_prompts,
@@ -172,10 +174,10 @@ class CaptionFeatures:
             batch = new[first:first + self.batch_size]
             self.bank.update((c, f.stored()) for c, f in zip(batch, self.encoder(batch), strict=True))
 
-    def members(self, captions: list[str]) -> list[bytes]:
+    def members(self, captions: list[str]) -> list[dict[str, bytes]]:
         """The ``prompt.safetensors`` member of each of ``captions`` (encoding the new ones)."""
         self.add(captions)
-        return [prompt_member_bytes(caption, self.bank[caption]) for caption in captions]
+        return [{PROMPT_MEMBER: prompt_member_bytes(caption, self.bank[caption])} for caption in captions]
 
     def read_shard(self, shard: Path) -> None:
         """Take the features of a shard an earlier run wrote (resuming: they are not encoded again)."""
@@ -184,3 +186,7 @@ class CaptionFeatures:
     def save(self, path: Path) -> None:
         """Write the bank file (every caption held, ``""`` included)."""
         save_prompt_bank(path, self.bank, self.encoder.description())
+
+    def save_into(self, folder: Path) -> None:
+        """Write the bank file of a latent-shard folder (``prompts.safetensors``, read by ``PromptBank(folder)``)."""
+        self.save(folder / BANK_NAME)

@@ -203,8 +203,8 @@ class PromptBank(nn.Module):
             if caption not in self._index:
                 raise self._missing(caption)
         with safe_open(str(self._bank_file), framework="pt") as bank:  # opened per call: the module stays copyable
-            return [PromptFeatures(bank.get_tensor(f"video.{self._index[c]}"), bank.get_tensor(f"audio.{self._index[c]}"))
-                    for c in captions]
+            return [PromptFeatures(bank.get_tensor(f"video.{self._index[caption]}"),
+                                   bank.get_tensor(f"audio.{self._index[caption]}")) for caption in captions]
 
     def forward(self, captions: list[str], drop: Tensor | None = None) -> TextContext:
         """Features of ``B`` captions, padded to the longest: ``(B, L, width)`` / ``(B, L, audio_width)``, mask

@@ -107,11 +107,13 @@ def test_errors_are_one_line_and_name_the_command(bank_file, tmp_path):
 
 
 def test_ltx2_backbone_takes_its_captions_from_the_bank(make_backbone, make_clip, tmp_path):
-    features = {caption: PromptFeatures(f.video, f.audio[:, :1].expand(-1, WIDTH).contiguous())
-                for caption, f in random_features().items()}  # LTX-2: both streams caption_channels wide
+    captions = ["a red ball bounces", "two cubes collide"]  # those of make_clip
+    gen = torch.Generator().manual_seed(0)
+    features = {caption: PromptFeatures(torch.randn(n, WIDTH, generator=gen).bfloat16(),
+                                        torch.randn(n, WIDTH, generator=gen).bfloat16())  # LTX-2: both 16 wide
+                for caption, n in zip(["", *captions], [1, 4, 6], strict=True)}
     save_prompt_bank(tmp_path / BANK_NAME, features, {"kind": "test"})
     model = make_backbone(text_encoder=PromptBank(tmp_path))
-    captions = ["a dog barks", "rain on a tin roof at night"]
     text = model.encode_text(captions)
     assert torch.equal(text.video.tokens[1], features[captions[1]].video.float())
     clip = make_clip(model)
