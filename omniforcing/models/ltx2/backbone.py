@@ -139,7 +139,7 @@ class LTX2Backbone(nn.Module):
         self.to(getattr(torch, dtype))
         self._processors = install(self.transformer.transformer_blocks)
         self.coords = TokenCoords(self.transformer, self.video_grid, float(fps))
-        self._compiled_block = None
+        self._compiled_block, self._compile_mode = None, None
 
     # ---------------------------------------------------------------- protocol descriptors
     @property
@@ -191,11 +191,12 @@ class LTX2Backbone(nn.Module):
         graph inputs), as :meth:`DualStreamTransformer.compile_core`; ``enabled=False``: eager again. Not run on
         GPU hardware by its author."""
         if not enabled:
-            self._compiled_block = None
+            self._compiled_block, self._compile_mode = None, None
             return
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self._compiled_block = torch.compile(run_block, mode=mode if backend == "inductor" else None,
                                              backend=backend, dynamic=None)
+        self._compile_mode = mode
 
     # ---------------------------------------------------------------- forward
     def forward(self, video: Tensor | None, audio: Tensor | None, t_video: Tensor | None, t_audio: Tensor | None,
@@ -275,6 +276,8 @@ class LTX2Backbone(nn.Module):
         """``LTX2VideoTransformer3DModel.forward`` step 5, with this call's history, masks and records bound to
         each block's processors."""
         current = []
+        if self._compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # graph outputs of the previous forward are not read again
         for index, (block, processors) in enumerate(zip(self.transformer.transformer_blocks, self._processors)):
             history = {} if plan is None else plan.layer(index)
             checkpointed = self.activation_checkpointing and torch.is_grad_enabled()
@@ -321,8 +324,6 @@ class LTX2Backbone(nn.Module):
     def _text_inputs(self, text: TextContext, batch: int) -> dict:
         """Step 4 (caption projections) and the text masks as diffusers' additive bias ``(B, 1, L)``."""
         model = self.transformer
-        if text.batch_size != batch:
-            raise ValueError(f"text context has batch {text.batch_size}, the latents have {batch}")
 
         def project(features: TextEmbedding, projection: nn.Module | None) -> tuple[Tensor, Tensor]:
             tokens = features.tokens.to(self.dtype)
@@ -436,7 +437,8 @@ def _load(pretrained: Path | None, subfolder: str, architecture: LTX2Architectur
     if pretrained is None:
         if architecture is None:
             raise ValueError("give pretrained (a local LTX-2 folder) or architecture (a random model)")
-        return LTX2VideoTransformer3DModel(**architecture.diffusers_config()).to(torch_dtype)
+        # nn.Module.to: ModelMixin.to warns about modules to keep in float32, which LTX-2 has none of
+        return nn.Module.to(LTX2VideoTransformer3DModel(**architecture.diffusers_config()), torch_dtype)
     if architecture is not None:
         raise ValueError("give pretrained or architecture, not both")
     folder = Path(pretrained).expanduser() / subfolder
