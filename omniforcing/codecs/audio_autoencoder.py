@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omniforcing.codecs.checkpoint import load_codec_weights
+from omniforcing.codecs.losses import spectral_convergence
 from omniforcing.codecs.mel import MelAudioCodec
 from omniforcing.codecs.normalization import LatentNormalizer, NormalizedAudioCodec
+from omniforcing.codecs.protocol import CodecLossWeights, CodecReconstruction
 from omniforcing.codecs.video_autoencoder import start_posterior_narrow
 
 
@@ -116,3 +118,28 @@ class MelAutoencoder(NormalizedAudioCodec):
         mean, logvar = self._posterior(mel_latents)
         latents = mean + (0.5 * logvar).exp() * torch.randn_like(mean) if self.training else mean
         return mel_latents, self.decoder(latents), mean, logvar
+
+    # ---------------------------------------------------------------- training (codecs.protocol.TrainableCodec)
+    def check_trainable(self) -> None:
+        """The mel latents it trains on are normalised: the mel codec's statistics must be fitted."""
+        if not self.mel.normalizer.is_fitted:
+            raise ValueError("MelAutoencoder trains on normalised mel latents, but its mel codec has no fitted "
+                             "statistics: set mel.init_args.checkpoint (checkpoints/reference/codec/mel.safetensors, "
+                             "or your data's from `omniforcing data codec-stats`)")
+
+    def training_losses(self, media: Tensor, weights: CodecLossWeights) -> dict[str, Tensor]:
+        """:func:`~omniforcing.codecs.objectives.audio_autoencoder_loss` on ``(B, 1, S)``."""
+        from omniforcing.codecs.objectives import audio_autoencoder_loss  # objectives imports this module
+
+        return audio_autoencoder_loss(self, media, convergence_weight=weights.convergence_weight,
+                                      kl_weight=weights.kl_weight)
+
+    def reconstruction(self, media: Tensor, raw: Tensor) -> CodecReconstruction:
+        """Spectral convergence of the waveform after the mel inverse (Griffin-Lim); normalised mel error per
+        latent."""
+        mel_latents, recon_mel = self.mel.encode(media), self.decoder(raw)
+        recon = self.mel.decode(recon_mel)
+        reference = self.mel.power_spectrogram(media).sqrt()
+        estimate = self.mel.power_spectrogram(recon).sqrt()
+        return CodecReconstruction({"spectral_convergence": spectral_convergence(reference, estimate).mean()}, recon,
+                                   (recon_mel - mel_latents).square().mean(2).sum(0))

@@ -44,7 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omniforcing.codecs.checkpoint import load_codec_weights
+from omniforcing.codecs.losses import boundary_step_errors, mean_frame_psnr, psnr
 from omniforcing.codecs.normalization import LatentNormalizer, NormalizedVideoCodec
+from omniforcing.codecs.protocol import CodecLossWeights, CodecReconstruction
 from omniforcing.codecs.patch import group_frames, ungroup_frames
 
 
@@ -235,6 +237,26 @@ class CausalVideoAutoencoder(NormalizedVideoCodec):
         if count == n and from_clip_start:
             return ungroup_frames(groups).clamp(-1, 1)
         return groups.flatten(1, 2).clamp(-1, 1)
+
+    # ---------------------------------------------------------------- training (codecs.protocol.TrainableCodec)
+    def check_trainable(self) -> None:
+        """Always trainable (statistics are fitted during training)."""
+
+    def training_losses(self, media: Tensor, weights: CodecLossWeights) -> dict[str, Tensor]:
+        """:func:`~omniforcing.codecs.objectives.video_autoencoder_loss` on ``(B, 1 + 8k, 3, H, W)``."""
+        from omniforcing.codecs.objectives import video_autoencoder_loss  # objectives imports this module
+
+        return video_autoencoder_loss(self, media, gradient_weight=weights.gradient_weight,
+                                      temporal_weight=weights.temporal_weight, motion_boost=weights.motion_boost,
+                                      kl_weight=weights.kl_weight)
+
+    def reconstruction(self, media: Tensor, raw: Tensor) -> CodecReconstruction:
+        """PSNR (dB on ``[-1, 1]``), the mean-frame baseline and boundary/inner step errors; error per frame."""
+        recon = self.decode_raw(raw)
+        boundary, inner = boundary_step_errors(recon, media, self.temporal_stride)
+        measures = {"psnr": psnr(recon, media).mean(), "mean_frame_psnr": mean_frame_psnr(media).mean(),
+                    "boundary_step_error": boundary, "inner_step_error": inner}
+        return CodecReconstruction(measures, recon, (recon - media).square().flatten(2).mean(2).sum(0))
 
     def autoencode(self, video: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Training pass: encode, sample the posterior (its mean in eval mode), decode.

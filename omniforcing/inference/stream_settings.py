@@ -1,8 +1,9 @@
 """Settings of the streaming engine, and how they default from what a trained model recorded.
 
-A trained model's config (``omniforcing.inference.export.load_model``) carries the method's constructor
-arguments under ``method_args``. The engine reads, wherever they sit in that tree (top level or inside a
-nested ``init_args``, e.g. a Self-Forcing rollout object):
+A trained model's config (``omniforcing.inference.export.load_model``) carries, under ``method_args``, the
+generation settings its method declared (``generation_settings()`` of the method's LightningModule, saved in
+every checkpoint; the names are :data:`GENERATION_SETTINGS`). A new method declares its settings there and
+nothing in this file changes. The engine reads:
 
 * ``few_step_times`` or ``times`` — the few-step times the student was trained on (a distilled student);
 * otherwise ``sample_steps`` / ``sample_shift`` — a flow-matching model sampled on the Euler grid (e.g. a
@@ -14,6 +15,10 @@ nested ``init_args``, e.g. a Self-Forcing rollout object):
 * ``window_seconds`` / ``audio_window_seconds`` — the KV-cache window the model was trained with (default
   :data:`DEFAULT_WINDOW_SECONDS`);
 * ``modality`` — ``joint``, ``video`` or ``audio``.
+
+Exports of checkpoints written before methods declared their settings hold the method's hyperparameters
+instead; :func:`method_setting` also finds a name inside a nested ``init_args`` there (e.g. a Self-Forcing
+rollout object).
 """
 
 from __future__ import annotations
@@ -35,6 +40,21 @@ DEFAULT_WINDOW_SECONDS = 10.0
 PrefixPosition = Literal["absolute", "relative"]
 Modality = Literal["joint", "video", "audio"]
 CompileBackend = Literal["inductor", "cudagraphs", "aot_eager"]
+
+GENERATION_SETTINGS = {
+    "few_step_times": "few-step times of a distilled student, decreasing in (0, 1] (also read as 'times')",
+    "sample_steps": "Euler steps of a flow-matching model (teacher; Mutual Forcing's multi-step mode)",
+    "sample_shift": "schedule shift of those Euler steps",
+    "video_cfg": "video guidance scale of the Euler sampler",
+    "audio_cfg": "audio guidance scale of the Euler sampler",
+    "context_time": "flow time at which a finished block is committed to the cache (0 = clean)",
+    "step_size": "step-size conditioning value of few-step sampling (Mutual Forcing)",
+    "window_seconds": "video KV-cache window the model was trained with",
+    "audio_window_seconds": "audio KV-cache window (None = window_seconds)",
+    "modality": "joint, video or audio",
+}
+"""Names a method's ``generation_settings()`` may record, and what each means to generation and streaming. A
+method may record more (Mutual Forcing records its own ``multi_step_size``); these are the ones read here."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +138,8 @@ class StreamingSettings:
 
 
 def method_setting(config: dict[str, Any], *names: str) -> Any:
-    """The first of ``names`` set (not ``None``) in ``config["method_args"]``: top level, then nested ``init_args``."""
+    """The first of ``names`` set (not ``None``) in ``config["method_args"]``: top level, then nested ``init_args``
+    (the nested search serves exports of older checkpoints, which recorded hyperparameter trees)."""
     args = config.get("method_args", {})
     for name in names:
         if args.get(name) is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from omniforcing.codecs.base import AVCodec
 from omniforcing.methods.flow_matching import Modality, select_modality
 from omniforcing.inference.checkpoints import load_coupled, load_network_weights
+from omniforcing.inference.export import GENERATION_SETTINGS_KEY
 from omniforcing.models.protocol import AVBackbone
 from omniforcing.models.weights import freeze_unused_parameters
 from omniforcing.types import AVBatch, AVLatents, ClipSpec
@@ -100,6 +101,18 @@ class AVLitModule(L.LightningModule):
             load_coupled(self.network, init_video_from, init_audio_from)
         elif init_from:
             load_network_weights(self.network, init_from)
+
+    # ---------------------------------------------------------------- what generation needs
+    def generation_settings(self) -> dict[str, Any]:
+        """Settings that generation and streaming read from an exported model (its ``method_args``).
+
+        Saved in every checkpoint and copied by ``omniforcing export``; the keys are those of
+        :data:`omniforcing.inference.stream_settings.GENERATION_SETTINGS`. Methods add theirs to this dict.
+        """
+        return {"modality": self.modality}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[GENERATION_SETTINGS_KEY] = self.generation_settings()
 
     # ---------------------------------------------------------------- data
     def train(self, mode: bool = True) -> AVLitModule:

@@ -4,9 +4,10 @@ Not a generative method, so not an :class:`~omniforcing.training.base.AVLitModul
 frozen codec, no sampling. The module trains ``codec`` itself on raw clips and logs
 
 * ``train/<term>`` and ``val/<term>``: every loss term of the objective and their weighted sum ``loss``;
-* video: ``val/psnr`` (dB on ``[-1, 1]``), the mean-frame baseline ``val/mean_frame_psnr`` and the flicker measure
-  ``val/boundary_step_error`` / ``val/inner_step_error``; audio: ``val/spectral_convergence`` of the waveform
-  after the mel inverse (Griffin-Lim), the measure of ``omniforcing bench --suite codec``;
+* the codec's own validation measures (:meth:`TrainableCodec.reconstruction`): for the video autoencoder
+  ``val/psnr`` (dB on ``[-1, 1]``), the mean-frame baseline ``val/mean_frame_psnr`` and the flicker measure
+  ``val/boundary_step_error`` / ``val/inner_step_error``; for the mel autoencoder ``val/spectral_convergence``
+  of the waveform after the mel inverse (Griffin-Lim), the measure of ``omniforcing bench --suite codec``;
 * TensorBoard media at every validation: input beside reconstruction (video GIF; audio as sound and mel images)
   and a line plot of the quality over time (video PSNR per frame; audio normalised error per latent).
 
@@ -27,19 +28,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from omniforcing.codecs.audio_autoencoder import MelAutoencoder
 from omniforcing.codecs.base import AudioCodec, VideoCodec
 from omniforcing.codecs.checkpoint import CHECKPOINT_CONFIG_KEY, codec_config
-from omniforcing.codecs.losses import boundary_step_errors, mean_frame_psnr, psnr, spectral_convergence
-from omniforcing.codecs.objectives import audio_autoencoder_loss, video_autoencoder_loss
-from omniforcing.codecs.video_autoencoder import CausalVideoAutoencoder
+from omniforcing.codecs.protocol import CodecLossWeights, TrainableCodec
 from omniforcing.training.base import keep_plain_hyperparameters
 from omniforcing.training.codec_media import line_plot, log_audio_reconstruction, log_video_reconstruction
 from omniforcing.types import AVBatch, ClipSpec
 
 log = logging.getLogger(__name__)
-
-TRAINABLE_CODECS = (CausalVideoAutoencoder, MelAutoencoder)
 
 
 def default_codec_optimizer(params) -> torch.optim.Optimizer:
@@ -50,9 +46,13 @@ def default_codec_optimizer(params) -> torch.optim.Optimizer:
 class CodecLitModule(L.LightningModule):
     """Train one learned codec (issue 3, item 3) on the raw clips of any datamodule yielding :class:`AVBatch`.
 
+    Any codec with the members of :class:`~omniforcing.codecs.protocol.TrainableCodec` trains here; a video
+    codec on ``batch.video``, an audio codec on ``batch.audio``. The learned codecs shipped are
+    :class:`~omniforcing.codecs.CausalVideoAutoencoder` and :class:`~omniforcing.codecs.MelAutoencoder` (its
+    mel codec's statistics must be fitted first).
+
     Args:
-        codec: the codec to train: :class:`CausalVideoAutoencoder` (trained on ``batch.video``) or
-            :class:`MelAutoencoder` (on ``batch.audio``; its mel codec's statistics must be fitted first).
+        codec: the codec to train.
         clip: clip geometry (linked from the datamodule); must match the codec's frame size and rates.
         optimizer: optimiser factory (LightningCLI ``OptimizerCallable``).
         scheduler: optional LR scheduler factory, stepped every optimiser step.
@@ -71,22 +71,18 @@ class CodecLitModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         keep_plain_hyperparameters(self._hparams)
-        if not isinstance(codec, TRAINABLE_CODECS):
-            raise ValueError(f"{type(codec).__name__} has no training objective here (trainable: "
-                             f"{', '.join(c.__name__ for c in TRAINABLE_CODECS)}); a codec without weights only needs "
-                             "its statistics: `omniforcing data codec-stats`")
-        if isinstance(codec, MelAutoencoder) and not codec.mel.normalizer.is_fitted:
-            raise ValueError("MelAutoencoder trains on normalised mel latents, but its mel codec has no fitted "
-                             "statistics: set mel.init_args.checkpoint (checkpoints/reference/codec/mel.safetensors, "
-                             "or your data's from `omniforcing data codec-stats`)")
+        if not isinstance(codec, TrainableCodec):
+            raise ValueError(f"{type(codec).__name__} has no training objective (a trainable codec has the members "
+                             "of omniforcing.codecs.protocol.TrainableCodec); a codec without weights only needs its "
+                             "statistics: `omniforcing data codec-stats`")
+        codec.check_trainable()
         check_clip_matches_codec(clip, codec)
         self.codec = codec
         self.clip = clip
-        self.is_video = isinstance(codec, CausalVideoAutoencoder)
+        self.is_video = isinstance(codec, VideoCodec)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.video_weights = {"gradient_weight": gradient_weight, "temporal_weight": temporal_weight,
-                              "motion_boost": motion_boost, "kl_weight": kl_weight}
-        self.audio_weights = {"convergence_weight": convergence_weight, "kl_weight": kl_weight}
+        self.loss_weights = CodecLossWeights(gradient_weight, temporal_weight, motion_boost, convergence_weight,
+                                             kl_weight)
         self.media_clips = media_clips
         self.statistics_step = -1
         self._raw_latents: list[Tensor] = []
@@ -105,9 +101,7 @@ class CodecLitModule(L.LightningModule):
 
     def objective(self, media: Tensor) -> dict[str, Tensor]:
         """The codec's loss terms and their weighted sum ``loss`` on a raw batch."""
-        if self.is_video:
-            return video_autoencoder_loss(self.codec, media, **self.video_weights)
-        return audio_autoencoder_loss(self.codec, media, **self.audio_weights)
+        return self.codec.training_losses(media, self.loss_weights)
 
     def training_step(self, batch: AVBatch, batch_idx: int) -> Tensor:
         media = self.media(batch)
@@ -130,35 +124,14 @@ class CodecLitModule(L.LightningModule):
         media = self.media(batch)
         terms = self.objective(media)
         raw = self.codec.encode_raw(media)
-        measures = self.video_measures(media, raw) if self.is_video else self.audio_measures(media, raw)
-        self.log_terms({**terms, **measures}, "val", media.shape[0])
+        reconstruction = self.codec.reconstruction(media, raw)
+        self.log_terms({**terms, **reconstruction.measures}, "val", media.shape[0])
         self._validation_clips += media.shape[0]
+        self._error_over_time.append(reconstruction.error_over_time)
+        if self._media is None and self.media_clips > 0:
+            self._media = (media[: self.media_clips].cpu(), reconstruction.output[: self.media_clips].cpu())
         # latent vectors (N, C) for the statistics: channels are axis 2 of both layouts
         self._raw_latents.append(raw.movedim(2, -1).reshape(-1, raw.shape[2]).float())
-
-    def video_measures(self, video: Tensor, raw: Tensor) -> dict[str, Tensor]:
-        """PSNR, mean-frame baseline and boundary/inner step errors; keeps per-frame errors and media clips."""
-        recon = self.codec.decode_raw(raw)
-        boundary, inner = boundary_step_errors(recon, video, self.codec.temporal_stride)
-        self._error_over_time.append((recon - video).square().flatten(2).mean(2).sum(0))  # (T,) summed over clips
-        self._keep_media(video, recon)
-        return {"psnr": psnr(recon, video).mean(), "mean_frame_psnr": mean_frame_psnr(video).mean(),
-                "boundary_step_error": boundary, "inner_step_error": inner}
-
-    def audio_measures(self, audio: Tensor, raw: Tensor) -> dict[str, Tensor]:
-        """Waveform spectral convergence through the mel inverse; keeps per-latent errors and media clips."""
-        codec: MelAutoencoder = self.codec  # type: ignore[assignment]
-        mel_latents, recon_mel = codec.mel.encode(audio), codec.decoder(raw)
-        self._error_over_time.append((recon_mel - mel_latents).square().mean(2).sum(0))  # (Ta,) summed over clips
-        recon = codec.mel.decode(recon_mel)
-        self._keep_media(audio, recon)
-        reference = codec.mel.power_spectrogram(audio).sqrt()
-        estimate = codec.mel.power_spectrogram(recon).sqrt()
-        return {"spectral_convergence": spectral_convergence(reference, estimate).mean()}
-
-    def _keep_media(self, media: Tensor, recon: Tensor) -> None:
-        if self._media is None and self.media_clips > 0:
-            self._media = (media[: self.media_clips].cpu(), recon[: self.media_clips].cpu())
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._raw_latents:
@@ -185,7 +158,8 @@ class CodecLitModule(L.LightningModule):
             figure = line_plot(frame_psnr, "PSNR per frame (dB); lines: first frame of each latent", "frames",
                                marks_every=self.codec.temporal_stride, mark_offset=1)
         else:
-            figure = line_plot(mean_error, "normalised mel error per 40 ms latent", "latents")
+            figure = line_plot(mean_error, "reconstruction error per 40 ms latent (the codec's own measure)",
+                               "latents")
         writer.add_image("reconstruction/error_over_time", figure, step)
         for i, (media, recon) in enumerate(zip(*self._media, strict=True) if self._media else []):
             if self.is_video:

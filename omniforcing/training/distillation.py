@@ -131,6 +131,10 @@ class DistillationLitModule(AVLitModule):
         self.register_buffer("distill_batches", torch.zeros((), dtype=torch.long))
 
     # ---------------------------------------------------------------- modes and checkpoints
+    def generation_settings(self) -> dict[str, Any]:
+        """The student's few-step times."""
+        return {**super().generation_settings(), "times": list(self.times)}
+
     def train(self, mode: bool = True) -> DistillationLitModule:
         super().train(mode)
         self.teacher.eval()  # frozen real score: never in training mode
@@ -138,6 +142,7 @@ class DistillationLitModule(AVLitModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leave the frozen teacher out of the checkpoint (it is rebuilt from ``teacher_from``)."""
+        super().on_save_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
             del state[key]

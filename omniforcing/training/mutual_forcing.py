@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -96,6 +96,16 @@ class MutualForcingLitModule(AVLitModule):
         # DMD's fake score starts as a copy of the network (DMD2 initialises it from the real score)
         self.critic = copy.deepcopy(self.network) if self.objective.needs_critic else None
         self.last_history_blocks = -1
+
+    def generation_settings(self) -> dict[str, Any]:
+        """Both samplers (few-step with its step-size signal, multi-step Euler with guidance) and the cache policy."""
+        modes = self.modes
+        return {**super().generation_settings(), "few_step_times": list(modes.few_step_times),
+                "step_size": modes.few_step_size, "multi_step_size": modes.multi_step_size,
+                "sample_steps": modes.multi_steps, "sample_shift": modes.multi_shift, "video_cfg": modes.video_cfg,
+                "audio_cfg": modes.audio_cfg, "context_time": modes.context_time,
+                "window_seconds": modes.window_seconds, "audio_window_seconds": modes.audio_window_seconds,
+                "sample_mode": self.sample_mode}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The network's parameters, plus the critic's when DMD distillation trains one (same optimiser)."""

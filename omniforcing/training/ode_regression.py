@@ -60,6 +60,10 @@ class ODERegressionLitModule(AVLitModule):
         self.times = list(check_times(DEFAULT_FEW_STEP_TIMES if times is None else times))
         self.context_time = context_time
 
+    def generation_settings(self) -> dict[str, Any]:
+        """The student's few-step times and the clean-context refresh time of streaming."""
+        return {**super().generation_settings(), "times": list(self.times), "context_time": self.context_time}
+
     def check_pairs(self, batch: ODEPairBatch) -> None:
         """The pairs must sit on the student's grid (``times`` then 0) and have the clip's length."""
         expected = torch.tensor([*self.times, 0.0], dtype=torch.float32)

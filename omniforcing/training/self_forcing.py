@@ -9,7 +9,7 @@ flow time. The critic is trained on rollouts made under ``no_grad``. Schedule, c
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -67,6 +67,10 @@ class SelfForcingLitModule(DistillationLitModule):
             raise ValueError("Stage III trains a causal student: set network.init_args.causal: true")
         self.context_time = context_time
         self.self_forcing = SelfForcing(self.times, context_time, rollout_blocks, checkpoint_exit)
+
+    def generation_settings(self) -> dict[str, Any]:
+        """The few-step times and the clean-context refresh time of streaming."""
+        return {**super().generation_settings(), "context_time": self.context_time}
 
     def generate_latents(self, captions: list[str], exit_step: int, generator: torch.Generator) -> AVLatents:
         """One Self-Forcing rollout of the training length (gradient through each block's exit forward)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -63,6 +63,11 @@ class TeacherLitModule(AVLitModule):
         self.objective = objective or FlowMatching()
         self.sample_steps, self.sample_shift = sample_steps, sample_shift
         self.video_cfg, self.audio_cfg = video_cfg, audio_cfg
+
+    def generation_settings(self) -> dict[str, Any]:
+        """The Euler sampler and guidance of whole-clip generation."""
+        return {**super().generation_settings(), "sample_steps": self.sample_steps, "sample_shift": self.sample_shift,
+                "video_cfg": self.video_cfg, "audio_cfg": self.audio_cfg}
 
     def training_step(self, batch: AVBatch, batch_idx: int) -> Tensor | None:
         losses = self.objective.loss(self.network, self.latents(batch), batch.captions, self.step_generator())

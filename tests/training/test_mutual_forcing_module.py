@@ -16,7 +16,6 @@ import torch
 
 from omniforcing.codecs import AVCodec, MelAudioCodec, PatchVideoCodec
 from omniforcing.inference.dual_mode import DualModes, concat_blocks, stream_blocks
-from omniforcing.inference.export import TRAINING_ONLY_ARGS
 from omniforcing.inference.stream_settings import settings_from_config
 from omniforcing.inference.streaming import StreamingGenerator
 from omniforcing.methods.mutual_forcing import MutualForcing
@@ -153,7 +152,7 @@ def test_few_step_stream_is_the_streaming_engines_stream(context_time):
     """Mutual Forcing streams through the engine of every causal student: from what the module records, the
     engine picks the few-step times and step size, and gives the same latents as the module's own sampler."""
     module = make_module(context_time=context_time)
-    config = {"method_args": {k: v for k, v in module.hparams.items() if k not in TRAINING_ONLY_ARGS}}
+    config = {"method_args": module.generation_settings()}
     settings = settings_from_config(config)
     assert (settings.step_size, settings.video_times, settings.context_time) == (0.25, (1.0, 0.75, 0.5, 0.25),
                                                                                  context_time)
