@@ -3,17 +3,19 @@
 One :class:`CachedAttnProcessor` is installed (``set_processor``) on each of the four block-level attentions of
 every ``LTX2VideoTransformerBlock``: ``attn1`` (video self), ``audio_attn1`` (audio self), ``audio_to_video_attn``
 (video queries, audio keys: kind ``"audio_to_video"``) and ``video_to_audio_attn`` (audio queries, video keys:
-``"video_to_audio"``) — the kinds of :mod:`omniforcing.models.ring`. Text cross-attention keeps diffusers'
-processor (its keys are the prompt, never cached here).
+``"video_to_audio"``) — the kinds of :mod:`omniforcing.models.ring` — and on the two text cross-attentions
+(``attn2``, ``audio_attn2``).
 
 The processor computes what diffusers' ``LTX2AudioVideoAttnProcessor`` computes (projections, QK RMS-norm across
-heads, RoPE on queries and keys, optional per-head gates, output projection), with three differences driven by
+heads, RoPE on queries and keys, optional per-head gates, output projection), with these differences driven by
 the :class:`AttentionCall` the adapter binds around a block for one forward:
 
 * keys/values are ``[history | current]`` (:func:`omniforcing.models.ring.with_history`: in place into the ring
   on the streaming hot path, gathered otherwise); keys are cached already rotated at their absolute positions;
 * the mask is the call's additive ``(Q, K)`` block-causal mask over those keys (``None`` = attend to all);
-* the current keys/values are recorded for the commit (:meth:`omniforcing.models.kv_cache.AVKVCache.store`).
+* the current keys/values are recorded for the commit (:meth:`omniforcing.models.kv_cache.AVKVCache.store`);
+* text cross-attention of a cached call reads the cache's text keys/values (made once per prompt binding,
+  :meth:`omniforcing.models.kv_cache.AVKVCache.text_kv`) instead of projecting the prompt again.
 
 Unbound (no call state), the processor is exactly diffusers' processor, so the wrapped model still runs
 ``LTX2VideoTransformer3DModel.forward`` unchanged.
@@ -34,7 +36,8 @@ from omniforcing.models.layers import KV
 from omniforcing.models.ring import GatheredKV, RingKV, with_history
 
 KIND_MODULES = {"video_self": "attn1", "audio_self": "audio_attn1", "audio_to_video": "audio_to_video_attn",
-                "video_to_audio": "video_to_audio_attn"}
+                "video_to_audio": "video_to_audio_attn", "video_text": "attn2", "audio_text": "audio_attn2"}
+BLOCK_KINDS = ("video_self", "audio_self", "audio_to_video", "video_to_audio")  # the kinds a KV cache holds
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,14 +46,17 @@ class AttentionCall:
 
     Args:
         history: cached keys/values of earlier blocks (ring storage or a gathered copy), ``None`` = none.
-        mask: additive ``(Q, K)`` mask over ``[history | current]`` keys, ``None`` = attend to all.
+        mask: additive mask broadcastable to ``(B, heads, Q, K)`` over ``[history | current]`` keys (block kinds:
+            ``(Q, K)``; text: ``(B, 1, 1, L)``), ``None`` = attend to all.
         record: where the current keys/values ``(B, heads, N, head_dim)`` go, keyed by kind (``None`` = dropped:
             a placeholder stream of a single-modality call).
+        keys: keys/values to attend to instead of projecting the source (a cache's text keys/values).
     """
 
     history: RingKV | GatheredKV | None = None
     mask: Tensor | None = None
     record: dict[str, KV] | None = None
+    keys: KV | None = None
 
 
 def rotate(x: Tensor, rope: tuple[Tensor, Tensor], rope_type: str) -> Tensor:
@@ -64,7 +70,7 @@ class CachedAttnProcessor:
     """Attention processor of one attention kind (module docstring).
 
     Args:
-        kind: ``"video_self"``, ``"audio_self"``, ``"audio_to_video"`` or ``"video_to_audio"``.
+        kind: a key of :data:`KIND_MODULES`.
     """
 
     def __init__(self, kind: str) -> None:
@@ -77,26 +83,23 @@ class CachedAttnProcessor:
                  attention_mask: Tensor | None = None, query_rotary_emb: tuple[Tensor, Tensor] | None = None,
                  key_rotary_emb: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``(B, Q, query_dim)`` -> ``(B, Q, query_dim)``; the signature of ``LTX2AudioVideoAttnProcessor``."""
-        source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        call = self.call
         gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
         query = attn.norm_q(attn.to_q(hidden_states))
-        key = attn.norm_k(attn.to_k(source))
-        value = attn.to_v(source)
         if query_rotary_emb is not None:
             query = rotate(query, query_rotary_emb, attn.rope_type)
-            key = rotate(key, key_rotary_emb if key_rotary_emb is not None else query_rotary_emb, attn.rope_type)
-
-        def heads(x: Tensor) -> Tensor:
-            return x.unflatten(2, (attn.heads, -1)).transpose(1, 2)
-
-        q, current = heads(query), KV(heads(key), heads(value))
-        call = self.call
-        if call is None:
-            kv, mask = current, _diffusers_mask(attn, attention_mask, q.shape[0], key.shape[1])
+        q = _heads(query, attn.heads)
+        if call is not None and call.keys is not None:  # a cache's text keys/values
+            kv, mask = call.keys, call.mask
         else:
-            if call.record is not None:
-                call.record[self.kind] = current
-            kv, mask = with_history(call.history, current), call.mask
+            source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            current = keys_values(attn, source, key_rotary_emb if key_rotary_emb is not None else query_rotary_emb)
+            if call is None:
+                kv, mask = current, _diffusers_mask(attn, attention_mask, q.shape[0], source.shape[1])
+            else:
+                if call.record is not None:
+                    call.record[self.kind] = current
+                kv, mask = with_history(call.history, current), call.mask
         if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=mask).transpose(1, 2)
@@ -104,6 +107,19 @@ class CachedAttnProcessor:
             out = out * (2.0 * torch.sigmoid(gate_logits))[..., None]
         hidden = out.flatten(2).to(query.dtype)
         return attn.to_out[1](attn.to_out[0](hidden))
+
+
+def keys_values(attn: nn.Module, source: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> KV:
+    """Keys (RMS-normed across heads, rotated by ``rope``) and values of ``source`` ``(B, N, D)``, as diffusers'
+    processor computes them, split into heads: ``(B, heads, N, head_dim)``."""
+    key = attn.norm_k(attn.to_k(source))
+    if rope is not None:
+        key = rotate(key, rope, attn.rope_type)
+    return KV(_heads(key, attn.heads), _heads(attn.to_v(source), attn.heads))
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    return x.unflatten(2, (heads, -1)).transpose(1, 2)
 
 
 def _diffusers_mask(attn: nn.Module, mask: Tensor | None, batch: int, keys: int) -> Tensor | None:
@@ -115,8 +131,8 @@ def _diffusers_mask(attn: nn.Module, mask: Tensor | None, batch: int, keys: int)
 
 
 def install(blocks: nn.ModuleList) -> list[dict[str, CachedAttnProcessor]]:
-    """Install a :class:`CachedAttnProcessor` on every block's four block-level attentions; per block, the
-    processors by kind."""
+    """Install a :class:`CachedAttnProcessor` on every attention of every block; per block, the processors by
+    kind."""
     installed = []
     for block in blocks:
         processors = {}
@@ -129,9 +145,10 @@ def install(blocks: nn.ModuleList) -> list[dict[str, CachedAttnProcessor]]:
 
 @contextmanager
 def bound(processors: dict[str, CachedAttnProcessor], calls: dict[str, AttentionCall]) -> Iterator[None]:
-    """Bind ``calls`` (by kind) to one block's processors for the duration of the block's forward."""
+    """Bind ``calls`` (by kind; a missing kind runs as diffusers' processor) to one block's processors for the
+    duration of the block's forward."""
     for kind, processor in processors.items():
-        processor.call = calls[kind]
+        processor.call = calls.get(kind)
     try:
         yield
     finally:

@@ -24,8 +24,8 @@ semantics and cache policy of :class:`~omniforcing.models.transformer.DualStream
   embedding (before the AdaLN projection and the head), so enabling it on pretrained weights changes nothing
   until trained;
 * text: ``encode_text`` delegates to a :class:`~omniforcing.models.ltx2.text.PromptEncoder` (caption features of
-  width ``caption_channels``); the transformer's caption projections run in every forward (text keys/values are
-  not cached: the prompt is short).
+  width ``caption_channels``); a cached call projects the prompt (caption projections, text keys/values of every
+  block) once per prompt binding (:meth:`~omniforcing.models.kv_cache.AVKVCache.text_kv`), as our backbone.
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ from omniforcing.models.layout import (
     token_blocks,
     visibility_masks,
 )
-from omniforcing.models.ltx2.attention import KIND_MODULES, AttentionCall, bound, install
+from omniforcing.models.ltx2.attention import BLOCK_KINDS, KIND_MODULES, AttentionCall, bound, install, keys_values
 from omniforcing.models.ltx2.config import LTX2Architecture
 from omniforcing.models.ltx2.coords import StreamRope, TokenCoords, batched
 from omniforcing.models.ltx2.text import PromptEncoder
 from omniforcing.models.ring import AUDIO_KINDS, VIDEO_KINDS, gather
-from omniforcing.models.stream_layer import LayerKV
+from omniforcing.models.stream_layer import LayerKV, TextKV
 from omniforcing.models.text import TextContext, TextEmbedding
 from omniforcing.models.transformer import DualStreamTransformer
 
@@ -229,18 +229,21 @@ class LTX2Backbone(nn.Module):
             masks = (self._history_masks(plan, cache, layout, block, num_video, num_audio)
                      if layout.num_blocks - block > 1 else AttentionMasks())  # one block: all history visible
         with_sinks = audio is not None and block == 0 and self.num_audio_sinks > 0
+        text_kv = None if cache is None else cache.text_kv(text, lambda: self._text_kv(text))
         if commit:
             self._allocate_history(plan, batch, num_video > 0, num_audio > 0)
-        out = self.core(video, audio, t_video, t_audio, text, step_size, layout, block, masks, plan, with_sinks,
-                        commit)
+        out = self.core(video, audio, t_video, t_audio, text, text_kv, step_size, layout, block, masks, plan,
+                        with_sinks, commit)
         if commit:
             cache.advance(plan)
         return out
 
     def core(self, video: Tensor | None, audio: Tensor | None, t_video: Tensor | None, t_audio: Tensor | None,
-             text: TextContext, step_size: Tensor | None, layout: BlockLayout, block: int, masks: AttentionMasks,
-             plan: CachePlan | None, with_sinks: bool, commit: bool) -> tuple[Tensor | None, Tensor | None]:
-        """The tensor work of :meth:`forward`: embeddings, the block loop, the commit's stores, heads."""
+             text: TextContext, text_kv: list[TextKV] | None, step_size: Tensor | None, layout: BlockLayout,
+             block: int, masks: AttentionMasks, plan: CachePlan | None, with_sinks: bool,
+             commit: bool) -> tuple[Tensor | None, Tensor | None]:
+        """The tensor work of :meth:`forward`: embeddings, the block loop, the commit's stores, heads
+        (``text_kv``: a cache's text keys/values per block, else the prompt is projected here)."""
         batch, device = (video if video is not None else audio).shape[0], self.device
         sinks = self.num_audio_sinks if with_sinks else 0
         hw = self.video_grid[0] * self.video_grid[1]
@@ -260,19 +263,21 @@ class LTX2Backbone(nn.Module):
         cond_v = self._conditioning(t_video, hw, step_size, video=True)
         cond_a = self._conditioning(t_audio, 1, step_size, video=False)
         joint = video is not None and audio is not None
-        inputs = dict(hidden_states=xv, audio_hidden_states=xa, **self._text_inputs(text, batch),
+        text_inputs = self._text_inputs(text) if text_kv is None else dict(
+            encoder_hidden_states=None, audio_encoder_hidden_states=None)  # the processors read text_kv
+        inputs = dict(hidden_states=xv, audio_hidden_states=xa, **text_inputs,
                       **_block_conditioning(cond_v, cond_a), **_block_rope(rope_v, rope_a, batch),
                       use_a2v_cross_attention=joint, use_v2a_cross_attention=joint)
         present = {"video_self": video is not None, "audio_self": audio is not None,
                    "audio_to_video": joint, "video_to_audio": joint}
-        xv, xa, current = self._run_blocks(inputs, masks, plan, present)
+        xv, xa, current = self._run_blocks(inputs, masks, plan, present, text_kv)
         if commit:
             AVKVCache.store(plan, current)
         return (None if video is None else self._video_out(xv, cond_v.embedded, video),
                 None if audio is None else self._audio_out(xa[:, sinks:], cond_a.embedded[:, sinks:]))
 
-    def _run_blocks(self, inputs: dict, masks: AttentionMasks, plan: CachePlan | None,
-                    present: dict[str, bool]) -> tuple[Tensor, Tensor, list[LayerKV]]:
+    def _run_blocks(self, inputs: dict, masks: AttentionMasks, plan: CachePlan | None, present: dict[str, bool],
+                    text_kv: list[TextKV] | None) -> tuple[Tensor, Tensor, list[LayerKV]]:
         """``LTX2VideoTransformer3DModel.forward`` step 5, with this call's history, masks and records bound to
         each block's processors."""
         current = []
@@ -285,7 +290,11 @@ class LTX2Backbone(nn.Module):
                 history = {kind: gather(ring_kv) for kind, ring_kv in history.items()}
             record: dict[str, KV] = {}
             calls = {kind: AttentionCall(history.get(kind), getattr(masks, kind), record) if present[kind]
-                     else AttentionCall() for kind in KIND_MODULES}
+                     else AttentionCall() for kind in BLOCK_KINDS}
+            if text_kv is not None:
+                text = text_kv[index]
+                calls["video_text"] = AttentionCall(mask=text.video_mask, keys=text.video)
+                calls["audio_text"] = AttentionCall(mask=text.audio_mask, keys=text.audio)
             if checkpointed:
                 xv, xa = checkpoint(run_block, block, processors, calls, inputs, use_reentrant=False)
             elif self._compiled_block is not None:
@@ -321,7 +330,7 @@ class LTX2Backbone(nn.Module):
         values = (temb, cross, cross_gate, embedded)
         return StreamConditioning(*(v.repeat_interleave(repeat, dim=1) if repeat > 1 else v for v in values))
 
-    def _text_inputs(self, text: TextContext, batch: int) -> dict:
+    def _text_inputs(self, text: TextContext) -> dict:
         """Step 4 (caption projections) and the text masks as diffusers' additive bias ``(B, 1, L)``."""
         model = self.transformer
 
@@ -335,6 +344,14 @@ class LTX2Backbone(nn.Module):
         audio, audio_mask = project(text.audio, model.audio_caption_projection if use else None)
         return dict(encoder_hidden_states=video, audio_encoder_hidden_states=audio,
                     encoder_attention_mask=video_mask, audio_encoder_attention_mask=audio_mask)
+
+    def _text_kv(self, text: TextContext) -> list[TextKV]:
+        """Text keys/values ``(B, heads, L, head_dim)`` and additive masks ``(B, 1, 1, L)`` of every block."""
+        inputs = self._text_inputs(text)
+        masks = (inputs["encoder_attention_mask"][:, None], inputs["audio_encoder_attention_mask"][:, None])
+        return [TextKV(keys_values(block.attn2, inputs["encoder_hidden_states"]),
+                       keys_values(block.audio_attn2, inputs["audio_encoder_hidden_states"]), *masks)
+                for block in self.transformer.transformer_blocks]
 
     def _placeholder(self, batch: int, tokens: int, channels: int) -> Tensor:
         """Zero tokens of one latent of an absent stream."""

@@ -109,3 +109,25 @@ def test_relative_prefix_position_is_refused(make_backbone):
         make_backbone(prefix_position="relative")
     with pytest.raises(ValueError, match="'absolute' only"):
         make_backbone().new_cache(1, prefix_position="relative")
+
+
+@torch.no_grad()
+def test_text_is_projected_once_per_prompt_binding(make_backbone, make_clip):
+    model = make_backbone()
+    clip = make_clip(model, seconds=2)
+    projections = []
+    model.transformer.caption_projection.register_forward_hook(lambda *args: projections.append(1))
+    cache = model.new_cache(2)
+    for k in range(2):
+        model(*clip.block(k), clip.text, cache=cache, block=k)
+        model(*clip.block(k), clip.text, cache=cache, block=k, commit=True)
+    assert len(projections) == 1
+    other = model.encode_text(["a dog barks", "rain"])
+    with pytest.raises(ValueError, match="another TextContext"):
+        model(*clip.block(2), other, cache=cache, block=2)
+    cache.set_text(other)
+    switched = model(*clip.block(2), other, cache=cache, block=2)
+    assert len(projections) == 2
+    twin = cache.fork()
+    twin.set_text(clip.text)
+    assert (switched[0] - model(*clip.block(2), clip.text, cache=twin, block=2)[0]).abs().max() > 1e-4
