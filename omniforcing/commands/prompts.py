@@ -38,4 +38,4 @@ def encode_prompts(*, text_encoder: Path, prompts: Path, out: Path, device: str 
     bank.add(line for line in lines if line)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     bank.save(Path(out))
-    print(f"encoded {len(bank.bank) - 1} prompts and \"\" with {text_encoder} into {out}")
+    print(f"encoded {len(bank.held)} prompts (\"\" included) with {text_encoder} into {out}")

@@ -319,6 +319,8 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
                                                          strict=True)]
             bar.update(len(indices))
         write_shard(out / name, samples)
+        if prompts is not None:
+            prompts.read_shard(out / name)  # its members are read back from there: memory holds one shard's
         manifest["shard_samples"][name] = len(samples)
         manifest["skipped"] = sorted(set(manifest["skipped"]) | set(failed))
         (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -30,10 +30,11 @@ from omniforcing.models.ltx2.prompt_bank import (
     BANK_NAME,
     PROMPT_MEMBER,
     UNCONDITIONAL,
+    MemberLocation,
     PromptFeatures,
-    iter_shard_prompts,
+    index_shard_prompts,
     prompt_member_bytes,
-    save_prompt_bank,
+    write_prompt_bank,
 )
 
 log = logging.getLogger(__name__)
@@ -152,10 +153,11 @@ def load_auto_encoder(path: Path, dtype: torch.dtype, device: torch.device) -> t
 
 
 class CaptionFeatures:
-    """Distinct captions -> features, each encoded once (a latent dataset repeats a clip's caption per window).
+    """Distinct captions -> ``prompt.safetensors`` members, each caption encoded once (a latent dataset repeats a
+    clip's caption in every window of the clip), and the bank file of them all.
 
-    Holds every distinct caption's features in memory until :meth:`save` (bfloat16 CPU tensors; LTX-2 at 1024
-    tokens: 15 MiB per caption, docs/data.md).
+    Memory holds only the members not yet in a written shard (and ``""``); the others are read back from their
+    shard when a caption recurs or the bank is written (LTX-2 at 1024 tokens: 15 MiB per caption, docs/data.md).
 
     Args:
         encoder: the loaded text encoder.
@@ -164,28 +166,38 @@ class CaptionFeatures:
 
     def __init__(self, encoder: PromptFeatureEncoder, batch_size: int = 8) -> None:
         self.encoder, self.batch_size = encoder, batch_size
-        self.bank: dict[str, PromptFeatures] = {}
+        self.held: dict[str, bytes] = {}  # caption -> member, not yet in a written shard
+        self.written: dict[str, MemberLocation] = {}  # caption -> its member in a written shard
         self.add([UNCONDITIONAL])
 
     def add(self, captions: Iterable[str]) -> None:
-        """Encode the captions not yet held."""
-        new = [caption for caption in dict.fromkeys(captions) if caption not in self.bank]
+        """Encode the captions not yet held or written."""
+        new = [c for c in dict.fromkeys(captions) if c not in self.held and c not in self.written]
         for first in range(0, len(new), self.batch_size):
             batch = new[first:first + self.batch_size]
-            self.bank.update((c, f.stored()) for c, f in zip(batch, self.encoder(batch), strict=True))
+            self.held.update((c, prompt_member_bytes(c, f)) for c, f in zip(batch, self.encoder(batch), strict=True))
+
+    def member(self, caption: str) -> bytes:
+        """The ``prompt.safetensors`` member of an added caption."""
+        return self.held[caption] if caption in self.held else self.written[caption].read()
 
     def members(self, captions: list[str]) -> list[dict[str, bytes]]:
-        """The ``prompt.safetensors`` member of each of ``captions`` (encoding the new ones)."""
+        """``{"prompt.safetensors": bytes}`` for each of ``captions`` (encoding the new ones)."""
         self.add(captions)
-        return [{PROMPT_MEMBER: prompt_member_bytes(caption, self.bank[caption])} for caption in captions]
+        return [{PROMPT_MEMBER: self.member(caption)} for caption in captions]
 
     def read_shard(self, shard: Path) -> None:
-        """Take the features of a shard an earlier run wrote (resuming: they are not encoded again)."""
-        self.bank.update((caption, features) for caption, features in iter_shard_prompts(shard))
+        """Index the members of a written shard (this run's, or an earlier run's when resuming: not encoded again),
+        and let go of the memory of those held."""
+        for caption, location in index_shard_prompts(shard).items():
+            self.written.setdefault(caption, location)
+            if caption != UNCONDITIONAL:
+                self.held.pop(caption, None)
 
     def save(self, path: Path) -> None:
-        """Write the bank file (every caption held, ``""`` included)."""
-        save_prompt_bank(path, self.bank, self.encoder.description())
+        """Write the bank file of every caption added or read, ``""`` first."""
+        captions = list(dict.fromkeys([UNCONDITIONAL, *self.written, *self.held]))
+        write_prompt_bank(path, captions, self.member, self.encoder.description())
 
     def save_into(self, folder: Path) -> None:
         """Write the bank file of a latent-shard folder (``prompts.safetensors``, read by ``PromptBank(folder)``)."""

@@ -14,7 +14,8 @@ Storage (bfloat16, the dtype LTX-2 runs in: features computed in bf16 are stored
   ``video.{i}`` / ``audio.{i}`` for the ``i``-th distinct caption, the captions as a JSON list in the metadata,
   always including the unconditional prompt ``""`` (LTX-2's default negative prompt).
 
-Nothing is pickled; the bank file is opened lazily (safetensors maps it), so its size does not count in memory.
+Nothing is pickled. The bank file is written one caption at a time (its tensors' bytes copied from the members)
+and read lazily (safetensors maps it), so neither writing nor reading holds a dataset's features in memory.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import struct
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from omniforcing.errors import InvalidInputError, MissingInputError
@@ -75,49 +76,88 @@ def prompt_member_bytes(caption: str, features: PromptFeatures) -> bytes:
     return save_safetensors({"video": stored.video, "audio": stored.audio}, metadata={"caption": caption})
 
 
-def safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of safetensors bytes (an 8-byte little-endian header length, then JSON)."""
+def safetensors_header(data: bytes) -> tuple[dict, int]:
+    """``(header, start of the tensor data)`` of safetensors bytes: an 8-byte little-endian header length, the JSON
+    header (per tensor ``dtype``, ``shape``, ``data_offsets`` from the data start; ``__metadata__``), the data."""
     (length,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + length]).get("__metadata__", {})
+    return json.loads(data[8:8 + length]), 8 + length
 
 
 def read_prompt_member(data: bytes) -> tuple[str, PromptFeatures]:
     """``(caption, features)`` of a ``prompt.safetensors`` member."""
     tensors = load_safetensors(data)
-    return safetensors_metadata(data)["caption"], PromptFeatures(tensors["video"], tensors["audio"])
+    return safetensors_header(data)[0]["__metadata__"]["caption"], PromptFeatures(tensors["video"], tensors["audio"])
 
 
-def save_prompt_bank(path: Path, bank: dict[str, PromptFeatures], encoder: dict) -> None:
-    """Write ``bank`` (caption -> features, ``""`` included) as a bank file, atomically.
+@dataclass(frozen=True)
+class MemberLocation:
+    """Where a ``prompt.safetensors`` member's bytes lie in a latent shard (plain tar: read them by seeking)."""
+
+    shard: Path
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        with open(self.shard, "rb") as file:
+            file.seek(self.offset)
+            return file.read(self.size)
+
+
+def index_shard_prompts(shard: Path) -> dict[str, MemberLocation]:
+    """Caption -> location of its first ``prompt.safetensors`` member in a latent shard (reads headers only)."""
+    found: dict[str, MemberLocation] = {}
+    with tarfile.open(shard) as archive, open(shard, "rb") as file:
+        for info in archive:
+            if info.isfile() and Path(info.name).name.partition(".")[2] == PROMPT_MEMBER:
+                file.seek(info.offset_data)
+                (length,) = struct.unpack("<Q", file.read(8))
+                caption = json.loads(file.read(length))["__metadata__"]["caption"]
+                found.setdefault(caption, MemberLocation(Path(shard), info.offset_data, info.size))
+    return found
+
+
+def write_prompt_bank(path: Path, captions: list[str], member: Callable[[str], bytes], encoder: dict) -> None:
+    """Write the bank file of ``captions`` (``""`` among them), atomically, one member in memory at a time.
+
+    The tensors' bytes are copied from each caption's ``prompt.safetensors`` member: a first pass collects their
+    shapes for the header, a second copies the data (the safetensors layout: header, then the tensors back to back).
 
     Args:
         path: the ``.safetensors`` file.
-        bank: the features of each distinct caption.
+        captions: the distinct captions, in the bank's order.
+        member: a caption's member bytes (:func:`prompt_member_bytes`).
         encoder: what made them (:meth:`~omniforcing.data.prompt_encoding.PromptFeatureEncoder.description`).
     """
-    if UNCONDITIONAL not in bank:
+    if UNCONDITIONAL not in captions:
         raise ValueError("a prompt bank must hold the unconditional prompt \"\"")
-    captions = list(bank)
-    tensors = {}
+    entries: dict[str, dict] = {}
+    end = 0
     for index, caption in enumerate(captions):
-        stored = bank[caption].stored()
-        tensors[f"video.{index}"], tensors[f"audio.{index}"] = stored.video, stored.audio
+        header, _ = safetensors_header(member(caption))
+        for stream in ("video", "audio"):
+            begin, stop = header[stream]["data_offsets"]
+            entries[f"{stream}.{index}"] = {"dtype": header[stream]["dtype"], "shape": header[stream]["shape"],
+                                            "data_offsets": [end, end + stop - begin]}
+            end += stop - begin
+    entries["__metadata__"] = {"format": BANK_FORMAT, "captions": json.dumps(captions),
+                               "encoder": json.dumps(encoder, sort_keys=True)}
+    head = json.dumps(entries).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata={"format": BANK_FORMAT, "captions": json.dumps(captions),
-                                               "encoder": json.dumps(encoder, sort_keys=True)})
+    with open(partial, "wb") as file:
+        file.write(struct.pack("<Q", len(head)) + head)
+        for caption in captions:
+            data = member(caption)
+            header, start = safetensors_header(data)
+            for stream in ("video", "audio"):
+                begin, stop = header[stream]["data_offsets"]
+                file.write(data[start + begin:start + stop])
     os.replace(partial, path)
 
 
-def iter_shard_prompts(shard: Path) -> list[tuple[str, PromptFeatures]]:
-    """``(caption, features)`` of every ``prompt.safetensors`` member of a latent shard, in order."""
-    found = []
-    with tarfile.open(shard) as archive:
-        for info in archive:
-            if info.isfile() and Path(info.name).name.partition(".")[2] == PROMPT_MEMBER:
-                handle = archive.extractfile(info)
-                assert handle is not None
-                found.append(read_prompt_member(handle.read()))
-    return found
+def save_prompt_bank(path: Path, bank: dict[str, PromptFeatures], encoder: dict) -> None:
+    """Write ``bank`` (caption -> features, ``""`` included) as a bank file (:func:`write_prompt_bank`)."""
+    write_prompt_bank(path, list(bank), lambda caption: prompt_member_bytes(caption, bank[caption]), encoder)
 
 
 def pad_batch(rows: list[PromptFeatures], device: torch.device, dtype: torch.dtype) -> TextContext:
@@ -146,7 +186,8 @@ class PromptBank(nn.Module):
     Args:
         path: a bank file (``prompts.safetensors`` of a latent-shard folder, or ``data encode-prompts --out``),
             or a latent-shard folder written by ``data encode --text-encoder``: its bank file, else the
-            ``prompt.safetensors`` members of its shards (these lack ``""``, which caption dropout needs).
+            ``prompt.safetensors`` members of its shards (read when looked up; they lack ``""``, which caption
+            dropout needs).
 
     Raises:
         MissingInputError: ``path`` does not exist or holds no prompt features.
@@ -156,12 +197,12 @@ class PromptBank(nn.Module):
         super().__init__()
         self.path = Path(path)
         self._index: dict[str, int] = {}  # caption -> entry of the bank file
-        self._loaded: dict[str, PromptFeatures] = {}  # caption -> features read from shard members
+        self._members: dict[str, MemberLocation] = {}  # caption -> its member in a shard (no bank file)
         self._bank_file: Path | None = None
         # An empty buffer: ``.to(device, dtype)`` of the owning model moves it, and features follow it.
         self.register_buffer("placement", torch.zeros(0), persistent=False)
         self._open(self.path)
-        first = self._features([next(iter(self._index or self._loaded))])[0]
+        first = self._features([next(iter(self._index or self._members))])[0]
         self.width, self.audio_width = first.video.shape[1], first.audio.shape[1]
 
     def _open(self, path: Path) -> None:
@@ -177,15 +218,15 @@ class PromptBank(nn.Module):
             self._index = {caption: index for index, caption in enumerate(json.loads(metadata["captions"]))}
         elif path.is_dir():
             for shard in sorted(path.glob("*.tar")):
-                self._loaded.update(iter_shard_prompts(shard))
-        if not (self._index or self._loaded):
+                self._members = {**index_shard_prompts(shard), **self._members}
+        if not (self._index or self._members):
             raise MissingInputError(f"no prompt features at {path}: write them with `omniforcing data encode "
                                     "--text-encoder PATH` (latent shards) or `omniforcing data encode-prompts`")
 
     @property
     def captions(self) -> list[str]:
         """Every caption the bank holds."""
-        return list(self._index or self._loaded)
+        return list(self._index or self._members)
 
     def _missing(self, caption: str) -> MissingInputError:
         shown = caption if len(caption) <= 80 else caption[:77] + "..."
@@ -194,14 +235,11 @@ class PromptBank(nn.Module):
                                  f"captions); {ENCODE_HINT}")
 
     def _features(self, captions: list[str]) -> list[PromptFeatures]:
-        if self._bank_file is None:
-            for caption in captions:
-                if caption not in self._loaded:
-                    raise self._missing(caption)
-            return [self._loaded[caption] for caption in captions]
         for caption in captions:
-            if caption not in self._index:
+            if caption not in (self._index if self._bank_file else self._members):
                 raise self._missing(caption)
+        if self._bank_file is None:
+            return [read_prompt_member(self._members[caption].read())[1] for caption in captions]
         with safe_open(str(self._bank_file), framework="pt") as bank:  # opened per call: the module stays copyable
             return [PromptFeatures(bank.get_tensor(f"video.{self._index[caption]}"),
                                    bank.get_tensor(f"audio.{self._index[caption]}")) for caption in captions]

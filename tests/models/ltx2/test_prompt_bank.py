@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from omniforcing.errors import InvalidInputError, MissingInputError
 from omniforcing.models.ltx2 import PromptEncoder
@@ -79,6 +79,15 @@ def test_a_member_round_trips_with_its_caption():
     features = random_features()["a dog barks"]
     caption, read = read_prompt_member(prompt_member_bytes("a dog barks", features))
     assert caption == "a dog barks" and torch.equal(read.video, features.video) and read.audio.dtype == torch.bfloat16
+
+
+def test_the_bank_is_a_valid_safetensors_file(bank_file):
+    path, features = bank_file
+    tensors = load_file(str(path))  # safetensors' own reader checks the header and the data layout
+    assert len(tensors) == 2 * len(features)
+    for index, caption in enumerate(features):
+        assert torch.equal(tensors[f"video.{index}"], features[caption].video)
+        assert torch.equal(tensors[f"audio.{index}"], features[caption].audio)
 
 
 def test_folder_reads_its_bank_file(bank_file, tmp_path):
