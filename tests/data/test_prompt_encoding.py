@@ -251,3 +251,22 @@ def test_encode_prompts_command_writes_a_bank_for_streaming(ltx2_folder, tmp_pat
     error = capsys.readouterr().err.strip()
     assert exit_code.value.code == 2 and error.count("\n") == 0 and "no such folder; download" in error
     assert issubclass(MissingInputError, UserError)
+
+
+def test_data_encode_command_takes_a_text_encoder(tiny_shards, ltx2_folder, tmp_path, capsys):
+    recipe = Path(__file__).parents[2] / "recipes/latents/patch.yaml"
+    shard = resolve_shards(str(tiny_shards))[0]
+    main(["data", "encode", "--in", shard, "--codec", str(recipe), "--out", str(tmp_path / "latents"),
+          "--seconds", "1", "--text-encoder", str(ltx2_folder), "--text-dtype", "float32",
+          "--text-max-length", str(MAX_LENGTH)])
+    assert "prompts.safetensors" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "latents/dataset.json").read_text())
+    assert manifest["text_encoder"]["path"] == str(ltx2_folder.resolve())
+    captions = {json.loads(members["json"])["caption"] for _, members in iter_tar_samples(tmp_path / "latents" /
+                                                                                          manifest["shards"][0])}
+    assert sorted(PromptBank(tmp_path / "latents").captions) == sorted({"", *captions})
+    with pytest.raises(SystemExit) as exit_code:
+        main(["data", "encode", "--in", shard, "--codec", str(recipe), "--out", str(tmp_path / "other"),
+              "--text-encoder", str(tmp_path / "no_weights")])
+    error = capsys.readouterr().err.strip()
+    assert exit_code.value.code == 2 and "\n" not in error and "--text-encoder" in error
