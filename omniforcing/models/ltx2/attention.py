@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +51,14 @@ class AttentionCall:
         record: where the current keys/values ``(B, heads, N, head_dim)`` go, keyed by kind (``None`` = dropped:
             a placeholder stream of a single-modality call).
         keys: keys/values to attend to instead of projecting the source (a cache's text keys/values).
+        shift: diffusers RoPE tables rotating the history's pinned keys forward in time ("relative" prefix policy).
     """
 
     history: RingKV | GatheredKV | None = None
     mask: Tensor | None = None
     record: dict[str, KV] | None = None
     keys: KV | None = None
+    shift: tuple[Tensor, Tensor] | None = None
 
 
 def rotate(x: Tensor, rope: tuple[Tensor, Tensor], rope_type: str) -> Tensor:
@@ -99,7 +101,8 @@ class CachedAttnProcessor:
             else:
                 if call.record is not None:
                     call.record[self.kind] = current
-                kv, mask = with_history(call.history, current), call.mask
+                history = call.history if call.shift is None else shifted(call.history, call.shift, attn)
+                kv, mask = with_history(history, current), call.mask
         if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=mask).transpose(1, 2)
@@ -116,6 +119,26 @@ def keys_values(attn: nn.Module, source: Tensor, rope: tuple[Tensor, Tensor] | N
     if rope is not None:
         key = rotate(key, rope, attn.rope_type)
     return KV(_heads(key, attn.heads), _heads(attn.to_v(source), attn.heads))
+
+
+def shifted(history: RingKV | GatheredKV | None, shift: tuple[Tensor, Tensor],
+            attn: nn.Module) -> RingKV | GatheredKV | None:
+    """``history`` whose pinned keys (block 0, unrotated copies) are rotated by ``shift``; the ring's in-place
+    path then writes them into the pinned region, the gathered path reads them (omniforcing.models.ring)."""
+    if isinstance(history, RingKV):
+        return replace(history, pinned_key=_rotate_heads(history.pinned_key, shift, attn))
+    if isinstance(history, GatheredKV) and history.pinned:
+        pinned = _rotate_heads(history.key[:, :, : history.pinned], shift, attn)
+        return history._replace(key=torch.cat([pinned, history.key[:, :, history.pinned:]], dim=2))
+    return history
+
+
+def _rotate_heads(keys: Tensor, rope: tuple[Tensor, Tensor], attn: nn.Module) -> Tensor:
+    """:func:`rotate` of keys split into heads ``(B, heads, N, head_dim)``."""
+    if attn.rope_type == "split":  # the split rotation takes (B, heads, N, head_dim) with (1, heads, 1, r) tables
+        return rotate(keys, rope, "split")
+    flat = keys.transpose(1, 2).flatten(2)
+    return _heads(rotate(flat, rope, "interleaved"), attn.heads)
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:

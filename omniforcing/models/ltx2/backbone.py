@@ -16,8 +16,8 @@ semantics and cache policy of :class:`~omniforcing.models.transformer.DualStream
   to every query, dropped before the head;
 * KV caches: :class:`~omniforcing.models.kv_cache.AVKVCache` (plan / store / advance, as DualStreamTransformer),
   read and written by the attention processors (:mod:`omniforcing.models.ltx2.attention`); keys stored rotated at
-  their absolute positions. Only ``prefix_position="absolute"`` is supported (the "relative" policy's rotation
-  of pinned keys is not implemented for LTX-2's RoPE tables; a ValueError says so);
+  their absolute positions; both prefix policies, ``"absolute"`` and ``"relative"`` (pinned keys rotated
+  forward at read time by :meth:`~omniforcing.models.ltx2.coords.TokenCoords.time_shift`, as our backbone);
 * single-modality calls run the other stream as a one-latent placeholder with audio<->video attention off
   (diffusers' ``isolate_modalities``), so the present stream does not see it;
 * ``step_size_conditioning``: a zero-initialised embedding of the step size added to each stream's timestep
@@ -96,7 +96,8 @@ class LTX2Backbone(nn.Module):
         num_audio_sinks: learnable audio sink tokens (0 = none).
         prefix: macro-block layout of block 0, ``"v1"`` or ``"v2"``.
         causal: default attention of a full-sequence forward (block-causal when True).
-        prefix_position: only ``"absolute"`` (see the module docstring).
+        prefix_position: ``"absolute"`` or ``"relative"`` placement of the pinned prefix once a cached stream has
+            moved past its window (:mod:`omniforcing.models.kv_cache`).
         step_size_conditioning: condition on the sampler step size (Mutual Forcing).
         activation_checkpointing: recompute each block in backward (training forwards).
         fps: video frame rate of the latents (LTX-2: 24), for RoPE and the macro-block layout.
@@ -111,7 +112,8 @@ class LTX2Backbone(nn.Module):
         super().__init__()
         if prefix not in ("v1", "v2"):
             raise ValueError(f"prefix must be 'v1' or 'v2', got {prefix!r}")
-        _check_prefix_position(prefix_position)
+        if prefix_position not in ("absolute", "relative"):
+            raise ValueError(f"prefix_position must be 'absolute' or 'relative', got {prefix_position!r}")
         if num_audio_sinks < 0:
             raise ValueError(f"num_audio_sinks must be >= 0, got {num_audio_sinks}")
         self.transformer = _load(pretrained, subfolder, architecture, dtype)
@@ -180,11 +182,10 @@ class LTX2Backbone(nn.Module):
     def new_cache(self, batch_size: int, *, window_seconds: float | None = None,
                   audio_window_seconds: float | None = None,
                   prefix_position: PrefixPosition | None = None) -> AVKVCache:
-        """An empty rolling cache (see :meth:`DualStreamTransformer.new_cache`); ``prefix_position`` must be
-        ``"absolute"`` (or ``None``)."""
-        _check_prefix_position(prefix_position or self.prefix_position)
+        """An empty rolling cache (see :meth:`DualStreamTransformer.new_cache`)."""
         return AVKVCache(self.depth, batch_size, window_seconds=window_seconds,
-                         audio_window_seconds=audio_window_seconds, prefix_position="absolute")
+                         audio_window_seconds=audio_window_seconds,
+                         prefix_position=prefix_position or self.prefix_position)
 
     def compile_core(self, enabled: bool = True, mode: str | None = None, backend: str = "inductor") -> None:
         """Regional compilation: one ``torch.compile``d :func:`run_block` shared by every block (parameters are
@@ -220,7 +221,6 @@ class LTX2Backbone(nn.Module):
             if causal is False or window_seconds is not None or audio_window_seconds is not None:
                 raise ValueError("a cached call is block-causal with the cache's window; do not pass causal=False "
                                  "or window_seconds")
-            _check_prefix_position(cache.prefix_position)
             cache.check_call(block, video is not None, audio is not None, batch)
             layout = self.layout(block_start(block, self.prefix, self.fps // self.temporal_stride)
                                  + num_video if num_video else None,
@@ -230,20 +230,23 @@ class LTX2Backbone(nn.Module):
                      if layout.num_blocks - block > 1 else AttentionMasks())  # one block: all history visible
         with_sinks = audio is not None and block == 0 and self.num_audio_sinks > 0
         text_kv = None if cache is None else cache.text_kv(text, lambda: self._text_kv(text))
+        shift = cache.relative_shift(block) if cache is not None else 0.0
+        shifts = self.coords.time_shift(shift, self.device) if shift else {}
         if commit:
             self._allocate_history(plan, batch, num_video > 0, num_audio > 0)
         out = self.core(video, audio, t_video, t_audio, text, text_kv, step_size, layout, block, masks, plan,
-                        with_sinks, commit)
+                        shifts, with_sinks, commit)
         if commit:
             cache.advance(plan)
         return out
 
     def core(self, video: Tensor | None, audio: Tensor | None, t_video: Tensor | None, t_audio: Tensor | None,
              text: TextContext, text_kv: list[TextKV] | None, step_size: Tensor | None, layout: BlockLayout,
-             block: int, masks: AttentionMasks, plan: CachePlan | None, with_sinks: bool,
-             commit: bool) -> tuple[Tensor | None, Tensor | None]:
+             block: int, masks: AttentionMasks, plan: CachePlan | None, shifts: dict[str, tuple[Tensor, Tensor]],
+             with_sinks: bool, commit: bool) -> tuple[Tensor | None, Tensor | None]:
         """The tensor work of :meth:`forward`: embeddings, the block loop, the commit's stores, heads
-        (``text_kv``: a cache's text keys/values per block, else the prompt is projected here)."""
+        (``text_kv``: a cache's text keys/values per block, else the prompt is projected here; ``shifts``: per
+        cached kind, the rotation of pinned keys of the "relative" policy)."""
         batch, device = (video if video is not None else audio).shape[0], self.device
         sinks = self.num_audio_sinks if with_sinks else 0
         hw = self.video_grid[0] * self.video_grid[1]
@@ -270,14 +273,15 @@ class LTX2Backbone(nn.Module):
                       use_a2v_cross_attention=joint, use_v2a_cross_attention=joint)
         present = {"video_self": video is not None, "audio_self": audio is not None,
                    "audio_to_video": joint, "video_to_audio": joint}
-        xv, xa, current = self._run_blocks(inputs, masks, plan, present, text_kv)
+        xv, xa, current = self._run_blocks(inputs, masks, plan, present, text_kv, shifts)
         if commit:
             AVKVCache.store(plan, current)
         return (None if video is None else self._video_out(xv, cond_v.embedded, video),
                 None if audio is None else self._audio_out(xa[:, sinks:], cond_a.embedded[:, sinks:]))
 
     def _run_blocks(self, inputs: dict, masks: AttentionMasks, plan: CachePlan | None, present: dict[str, bool],
-                    text_kv: list[TextKV] | None) -> tuple[Tensor, Tensor, list[LayerKV]]:
+                    text_kv: list[TextKV] | None,
+                    shifts: dict[str, tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, list[LayerKV]]:
         """``LTX2VideoTransformer3DModel.forward`` step 5, with this call's history, masks and records bound to
         each block's processors."""
         current = []
@@ -289,8 +293,8 @@ class LTX2Backbone(nn.Module):
             if checkpointed:  # the recompute runs after later commits overwrote ring slots: it gets copies
                 history = {kind: gather(ring_kv) for kind, ring_kv in history.items()}
             record: dict[str, KV] = {}
-            calls = {kind: AttentionCall(history.get(kind), getattr(masks, kind), record) if present[kind]
-                     else AttentionCall() for kind in BLOCK_KINDS}
+            calls = {kind: AttentionCall(history.get(kind), getattr(masks, kind), record, shift=shifts.get(kind))
+                     if present[kind] else AttentionCall() for kind in BLOCK_KINDS}
             if text_kv is not None:
                 text = text_kv[index]
                 calls["video_text"] = AttentionCall(mask=text.video_mask, keys=text.video)
@@ -425,11 +429,6 @@ def _zero_step(width: int) -> TimestepEmbedding:
     nn.init.zeros_(step.mlp[-1].weight)  # enabling it on a trained model changes nothing until trained
     nn.init.zeros_(step.mlp[-1].bias)
     return step
-
-
-def _check_prefix_position(position: str) -> None:
-    if position != "absolute":
-        raise ValueError(f"the LTX-2 backbone supports prefix_position='absolute' only, got {position!r}")
 
 
 def _audio_rate(config) -> int:

@@ -12,6 +12,11 @@ The tables are those of ``LTX2VideoTransformer3DModel.forward`` step 1 (``self.r
 rotation (cos 1, sin 0; ALGORITHMS.md §6.3) in audio self-attention and in audio<->video attention, prepended
 along the token axis (axis -2 for both of diffusers' layouts: interleaved ``(B, N, D)``, split ``(B, H, N, D/2)``).
 
+The "relative" prefix policy re-places pinned keys by a pure time shift (:meth:`TokenCoords.time_shift`): LTX-2's
+angle ``(2 c / max - 1) * freq`` is affine in the coordinate ``c``, so a key rotated at ``c`` and then by the
+difference of the tables at ``Δ`` and at 0 is the key rotated at ``c + Δ`` (up to float32 rounding of diffusers'
+angles).
+
 Tables are made with batch 1 (expand to the batch at use), memoised per (first, count, sinks, device), outside
 inference mode (so tables first made while sampling can be saved for backward by a training forward).
 """
@@ -82,3 +87,25 @@ class TokenCoords:
             coords = model.audio_rope.prepare_audio_coords(1, count, device, shift=first)
             return StreamRope(with_identity(model.audio_rope(coords, device=device), sinks),
                               with_identity(model.cross_attn_audio_rope(coords, device=device), sinks))
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019
+    def time_shift(self, seconds: float, device: torch.device) -> dict[str, Rope]:
+        """Per cached attention kind, the rotation moving its keys ``seconds`` forward in time (one token,
+        broadcast over keys): video self-attention (``rope``), video keys of video->audio attention
+        (``cross_attn_rope``), audio self-attention (``audio_rope``), audio keys of audio->video attention
+        (``cross_attn_audio_rope``)."""
+        model = self.transformer
+        with torch.inference_mode(False):
+            origin = torch.zeros(1, 3, 1, 2, device=device)  # [start, end) = [0, 0): midpoint 0 on every axis
+            moved = origin.clone()
+            moved[:, 0] = seconds
+            return {"video_self": _difference(model.rope, origin, moved),
+                    "video_to_audio": _difference(model.cross_attn_rope, origin[:, :1], moved[:, :1]),
+                    "audio_self": _difference(model.audio_rope, origin[:, :1], moved[:, :1]),
+                    "audio_to_video": _difference(model.cross_attn_audio_rope, origin[:, :1], moved[:, :1])}
+
+
+def _difference(rope: torch.nn.Module, origin: Tensor, moved: Tensor) -> Rope:
+    """Tables of the angle ``angle(moved) - angle(origin)`` (cos/sin of a difference, elementwise)."""
+    (cos_a, sin_a), (cos_b, sin_b) = rope(origin, device=origin.device), rope(moved, device=origin.device)
+    return cos_b * cos_a + sin_b * sin_a, sin_b * cos_a - cos_b * sin_a

@@ -104,11 +104,41 @@ def test_snapshot_restore_and_fork_replay_a_block(make_backbone, make_clip):
     _assert_parity(model(*clip.block(2), clip.text, cache=cache, block=2), first)
 
 
-def test_relative_prefix_position_is_refused(make_backbone):
-    with pytest.raises(ValueError, match="'absolute' only"):
-        make_backbone(prefix_position="relative")
-    with pytest.raises(ValueError, match="'absolute' only"):
-        make_backbone().new_cache(1, prefix_position="relative")
+@pytest.mark.parametrize("rope_type", ["interleaved", "split"])
+@torch.no_grad()
+def test_relative_prefix_position_depends_only_on_window_content(make_backbone, rope_type):
+    """Window 2, depth 1 (as tests/models/test_kv_cache.py): a block's output depends on its own and the two
+    previous blocks' inputs plus the prefix. With "relative" positions the same three blocks give the same output
+    at second 3 and at second 9 (up to diffusers' float32 RoPE angles); with "absolute" positions they do not."""
+    from omniforcing.models.ltx2 import LTX2Architecture
+    outputs = {}
+    for policy in ("absolute", "relative"):
+        model = make_backbone(num_audio_sinks=3, prefix_position=policy,
+                              architecture=LTX2Architecture(num_layers=1, rope_type=rope_type))
+        gen = torch.Generator().manual_seed(5)
+        blocks = [(torch.randn(1, 3, 8, 2, 3, generator=gen), torch.randn(1, 25, 8, generator=gen)) for _ in range(3)]
+        text = model.encode_text(["rolling"])
+        prefix = (torch.randn(1, 1, 8, 2, 3, generator=gen), torch.randn(1, 1, 8, generator=gen))
+        for start in (1, 7):  # the three fixed blocks at seconds 1..3 or 7..9, random junk before
+            cache = model.new_cache(1, window_seconds=2)
+            model(*prefix, torch.zeros(1, 1), torch.zeros(1, 1), text, cache=cache, block=0, commit=True)
+            for k in range(1, start + 3):
+                video, audio = blocks[k - start] if k >= start else (torch.randn(1, 3, 8, 2, 3),
+                                                                     torch.randn(1, 25, 8))
+                out = model(video, audio, torch.full((1, 3), 0.5), torch.full((1, 25), 0.5), text, cache=cache,
+                            block=k, commit=True)
+            outputs[policy, start] = out
+    for index in range(2):
+        # diffusers computes RoPE angles in float32 (~1e-4 rad at 9 s for the top frequency): measured 4e-5..1e-4
+        assert (outputs["relative", 1][index] - outputs["relative", 7][index]).abs().max() <= 5e-4
+        assert (outputs["absolute", 1][index] - outputs["absolute", 7][index]).abs().max() > 2e-2  # measured 0.07
+
+
+@torch.no_grad()
+def test_relative_policy_equals_full_forward_until_the_window_moves(make_backbone, make_clip):
+    model = make_backbone(num_audio_sinks=2, prefix_position="relative")
+    clip = make_clip(model, seconds=3)
+    _assert_parity(_decode(model, clip, model.new_cache(2, window_seconds=3)), _full(model, clip, window_seconds=3))
 
 
 @torch.no_grad()

@@ -41,12 +41,14 @@ def _assert_same_grads(got, want):
             torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("per_block,whole_call", [(True, False), (False, True)])
-def test_checkpointing_gives_the_same_gradients(make_backbone, make_clip, per_block, whole_call):
-    reference_model = make_backbone(num_audio_sinks=2)
+@pytest.mark.parametrize("per_block,whole_call,policy", [(True, False, "absolute"), (False, True, "absolute"),
+                                                         (True, False, "relative")])
+def test_checkpointing_gives_the_same_gradients(make_backbone, make_clip, per_block, whole_call, policy):
+    """Window 2 over 4 blocks: the "relative" policy rotates the pinned keys at the last block."""
+    reference_model = make_backbone(num_audio_sinks=2, prefix_position=policy)
     clip = make_clip(reference_model, seconds=3)
     reference = _rollout_grads(reference_model, clip, checkpoint_calls=False)
-    model = make_backbone(num_audio_sinks=2, activation_checkpointing=per_block)
+    model = make_backbone(num_audio_sinks=2, activation_checkpointing=per_block, prefix_position=policy)
     _assert_same_grads(_rollout_grads(model, clip, checkpoint_calls=whole_call), reference)
 
 
