@@ -17,7 +17,6 @@ are stored in bfloat16 (:mod:`omniforcing.models.ltx2.prompt_bank`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from omniforcing.errors import InvalidInputError, MissingInputError
+from omniforcing.errors import InvalidInputError, MissingInputError, check_positive
 from omniforcing.models.ltx2.prompt_bank import (
     BANK_NAME,
     PROMPT_MEMBER,
@@ -36,8 +35,6 @@ from omniforcing.models.ltx2.prompt_bank import (
     prompt_member_bytes,
     write_prompt_bank,
 )
-
-log = logging.getLogger(__name__)
 
 TextDtype = Literal["bfloat16", "float32"]
 LTX2_PARTS = ("text_encoder", "tokenizer", "connectors")
@@ -83,11 +80,13 @@ class PromptFeatureEncoder:
     """
 
     def __init__(self, path: Path, device: str = "cpu", dtype: TextDtype = "bfloat16", max_length: int = 1024) -> None:
+        check_positive(text_max_length=max_length)
         self.path, self.device, self.dtype, self.max_length = Path(path), torch.device(device), dtype, max_length
         self.kind = check_text_encoder_folder(self.path)
         torch_dtype = getattr(torch, dtype)
         if self.kind == "ltx2":
             self.pipeline = load_ltx2_text_pipeline(self.path, torch_dtype, self.device)
+            check_register_multiple(self.pipeline.connectors.config, max_length)
         else:
             self.model, self.tokenizer = load_auto_encoder(self.path, torch_dtype, self.device)
 
@@ -111,6 +110,15 @@ class PromptFeatureEncoder:
             raise InvalidInputError(f"the tokenizer of {self.path} gives no token for a caption (e.g. \"\"); use an "
                                     "encoder whose tokenizer adds a begin or end token")
         return [PromptFeatures(trim(v, m), trim(a, m)) for v, a, m in zip(video, audio, mask, strict=True)]
+
+
+def check_register_multiple(config: Any, max_length: int) -> None:
+    """LTX-2's connectors tile their learnable registers over the sequence: its length must be a multiple."""
+    for stream in ("video", "audio"):
+        registers = getattr(config, f"{stream}_connector_num_learnable_registers")
+        if registers and max_length % registers:
+            raise InvalidInputError(f"--text-max-length {max_length} must be a multiple of the {registers} learnable "
+                                    f"registers of the {stream} connector")
 
 
 def load_ltx2_text_pipeline(path: Path, dtype: torch.dtype, device: torch.device) -> Any:

@@ -146,7 +146,9 @@ def test_missing_folders_are_one_line_errors_naming_what_to_download(tmp_path, l
     (tmp_path / "other").mkdir()
     with pytest.raises(MissingInputError, match="neither an LTX-2 folder nor a transformers model") as unknown:
         PromptFeatureEncoder(tmp_path / "other")
-    assert all("\n" not in str(error.value) for error in (missing, part, unknown))
+    with pytest.raises(InvalidInputError, match="--text-max-length 6 must be a multiple of the 4 learnable") as length:
+        PromptFeatureEncoder(ltx2_folder, dtype="float32", max_length=6)
+    assert all("\n" not in str(error.value) for error in (missing, part, unknown, length))
 
 
 def tiny_codec() -> AVCodec:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
@@ -191,6 +191,7 @@ class PromptBank(nn.Module):
 
     Raises:
         MissingInputError: ``path`` does not exist or holds no prompt features.
+        InvalidInputError: ``path`` is a file but not a prompt bank.
     """
 
     def __init__(self, path: Path) -> None:
@@ -208,10 +209,16 @@ class PromptBank(nn.Module):
     def _open(self, path: Path) -> None:
         if path.is_dir() and (path / BANK_NAME).is_file():
             path = path / BANK_NAME
+        if not path.exists():
+            raise MissingInputError(f"{path}: no such prompt bank or latent-shard folder; write one with `omniforcing "
+                                    "data encode --text-encoder PATH` or `omniforcing data encode-prompts`")
         if path.is_file():
             self._bank_file = path
-            with safe_open(str(path), framework="pt") as bank:
-                metadata = bank.metadata() or {}
+            try:
+                with safe_open(str(path), framework="pt") as bank:
+                    metadata = bank.metadata() or {}
+            except SafetensorError:
+                metadata = {}
             if metadata.get("format") != BANK_FORMAT:
                 raise InvalidInputError(f"{path} is not a prompt bank (written by `omniforcing data encode "
                                         "--text-encoder` or `omniforcing data encode-prompts`)")

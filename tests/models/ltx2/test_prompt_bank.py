@@ -104,15 +104,22 @@ def test_errors_are_one_line_and_name_the_command(bank_file, tmp_path):
     with pytest.raises(MissingInputError, match=r"caption 'a cat' is not in the prompt bank .*omniforcing data "
                                                 r"encode --text-encoder PATH") as missing:
         PromptBank(path)(["a dog barks", "a cat"])
+    with pytest.raises(MissingInputError, match="nowhere: no such prompt bank or latent-shard folder; write one "
+                                                "with `omniforcing data encode --text-encoder") as nowhere:
+        PromptBank(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(MissingInputError, match="no prompt features at .*omniforcing data encode --text-encoder") \
             as empty:
-        PromptBank(tmp_path / "nowhere")
+        PromptBank(tmp_path / "empty")
+    (tmp_path / "notes.txt").write_text("not a bank")
+    with pytest.raises(InvalidInputError, match="is not a prompt bank") as text_file:
+        PromptBank(tmp_path / "notes.txt")
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(InvalidInputError, match="is not a prompt bank") as other:
         PromptBank(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="unconditional"):
         save_prompt_bank(tmp_path / "x.safetensors", {"a": random_features()["a dog barks"]}, {})
-    assert all("\n" not in str(error.value) for error in (missing, empty, other))
+    assert all("\n" not in str(error.value) for error in (missing, nowhere, empty, text_file, other))
 
 
 def test_ltx2_backbone_takes_its_captions_from_the_bank(make_backbone, make_clip, tmp_path):
