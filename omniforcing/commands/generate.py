@@ -6,6 +6,8 @@ optionally written raw to a pipe (framing in :mod:`omniforcing.inference.raw_str
 
 ``--checkpoint`` takes a path or the name of a reference model: a folder of ``omniforcing export`` under
 :data:`REFERENCE_DIR` (``checkpoints/reference/`` of the repository, or ``$OMNIFORCING_REFERENCE_DIR``).
+Whatever backbone the model records is rebuilt by its class path; this command only uses the backbone protocol
+(:class:`~omniforcing.models.protocol.AVBackbone`), never a concrete class.
 """
 
 from __future__ import annotations
@@ -119,7 +121,9 @@ def generate(
 
     Args:
         checkpoint: a Lightning ``.ckpt`` from ``omniforcing fit``, a folder from ``omniforcing export``, or the
-            name of a reference model (a folder under ``checkpoints/reference/``, e.g. ``student``).
+            name of a reference model (a folder under ``checkpoints/reference/``, e.g. ``student``). The backbone
+            class it records is rebuilt (``DualStreamTransformer``, ``LTX2Backbone``, ...); classes outside
+            ``omniforcing`` need their package in ``$OMNIFORCING_TRUSTED_PACKAGES``.
         prompt: the caption to generate.
         seconds: seconds of content after the lead frame.
         out: output ``.mp4`` path (written progressively for streaming students).

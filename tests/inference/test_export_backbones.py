@@ -19,6 +19,7 @@ from omniforcing.inference.export import (
     DEFAULT_BACKBONE,
     GENERATION_SETTINGS_KEY,
     TRUSTED_PACKAGES_ENV,
+    instantiate,
     load_exported,
     load_model,
     model_from_checkpoint,
@@ -227,3 +228,25 @@ def test_generate_reports_an_unknown_backbone_class_in_one_line(tmp_path, capsys
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert exit_info.value.code == USER_ERROR_EXIT_CODE and len(errors) == 1 and "Traceback" not in err
     assert "NoSuchBackbone" in errors[0]
+
+
+LTX2_TREE = {"class_path": "omniforcing.models.ltx2.LTX2Backbone", "init_args": {
+    "video_grid": [2, 2], "causal": True, "num_audio_sinks": 2,
+    "architecture": {"num_layers": 1, "in_channels": 384, "audio_in_channels": 32, "caption_channels": 16},
+    "text_encoder": {"class_path": "omniforcing.models.ltx2.BytePromptEncoder",
+                     "init_args": {"width": 16, "text_width": 16, "depth": 1, "heads": 2, "max_length": 24}}}}
+
+
+def test_the_ltx2_backbone_round_trips_through_export_and_streams(tmp_path, capsys):
+    network = perturbed(instantiate(LTX2_TREE, nn.Module, "network"))
+    assert type(network).__name__ == "LTX2Backbone" and isinstance(network, AVBackbone)
+    folder = save_exported(tmp_path / "export", network, codec(),
+                           {"network": LTX2_TREE, "codec": CODEC_TREE, "method_args": {"times": [1.0, 0.5]}})
+    loaded, _, config = load_exported(folder)
+    assert config["network"]["class_path"] == LTX2_TREE["class_path"]
+    assert_same_model(network, loaded)
+    out = tmp_path / "clip.mp4"
+    main(["generate", "--checkpoint", str(folder), "--prompt", "a ball", "--seconds", "1", "--out", str(out),
+          "--window", "2", "--device", "cpu", "--threads", "1"])
+    assert "real-time factor" in capsys.readouterr().out
+    assert read_av(out).video.shape == (25, 8, 8, 3)
