@@ -27,7 +27,13 @@ from omniforcing.data.latent_shards import encode_latent_shards
 from omniforcing.data.prompt_encoding import PromptFeatureEncoder
 from omniforcing.data.shards import iter_tar_samples, resolve_shards
 from omniforcing.errors import InvalidInputError, MissingInputError, UserError
-from omniforcing.models.ltx2.prompt_bank import BANK_NAME, PROMPT_MEMBER, PromptBank, read_prompt_member
+from omniforcing.models.ltx2.prompt_bank import (
+    BANK_NAME,
+    PROMPT_MEMBER,
+    PromptBank,
+    prompt_member_bytes,
+    read_prompt_member,
+)
 
 WORDS = "a the dog cat runs jumps red blue ball bounces on floor loud quiet drum".split()
 CAPTIONS = ["the dog runs", "", "a red ball bounces on the floor loud", "cat"]
@@ -272,3 +278,11 @@ def test_data_encode_command_takes_a_text_encoder(tiny_shards, ltx2_folder, tmp_
               "--text-encoder", str(tmp_path / "no_weights")])
     error = capsys.readouterr().err.strip()
     assert exit_code.value.code == 2 and "\n" not in error and "--text-encoder" in error
+
+
+def test_bfloat16_features_are_stored_exactly(ltx2_folder):
+    features = PromptFeatureEncoder(ltx2_folder, dtype="bfloat16", max_length=MAX_LENGTH)(CAPTIONS[:2])
+    for caption, computed in zip(CAPTIONS[:2], features, strict=True):
+        assert computed.video.dtype == torch.bfloat16
+        _, stored = read_prompt_member(prompt_member_bytes(caption, computed))
+        assert torch.equal(stored.video, computed.video) and torch.equal(stored.audio, computed.audio)
