@@ -52,6 +52,9 @@ def test_the_fit_over_depths_separates_the_blocks_from_the_rest():
     fit = script.line_fit({2: 12.0 + 2 * 5.0, 4: 12.0 + 4 * 5.0})
     assert fit["per_block"] == pytest.approx(5.0) and fit["outside_blocks"] == pytest.approx(12.0)
     assert fit["at_48_blocks"] == pytest.approx(12.0 + 48 * 5.0)
+    assert fit["upper_bound_at_48_blocks"] == pytest.approx((12.0 + 4 * 5.0) / 4 * 48)
+    noisy = script.line_fit({1: 10.0, 2: 9.0})  # timing noise larger than a block's cost: no extrapolation
+    assert noisy["at_48_blocks"] is None and noisy["upper_bound_at_48_blocks"] == pytest.approx(9.0 * 24)
 
 
 def test_a_step_past_its_budget_is_stopped():
