@@ -2,9 +2,9 @@
 
 The backbone is :class:`~omniforcing.models.ltx2.LTX2Backbone` with LTX-2's real geometry (the defaults of
 diffusers' ``LTX2VideoTransformer3DModel.__init__``: video 32 heads x 128, audio 32 heads x 64, 3840-wide caption
-features, 128 + 128 latent channels, split RoPE) but only ``--blocks`` of its 48 transformer blocks, random weights,
-bf16, eager, 512x768 video (a 16x24 latent grid: 512/32 x 768/32), 16 audio sinks, the v1 prefix. Two measurements per
-depth, then a straight-line fit over the depths (slope = cost of one transformer block, intercept = everything
+features, 128 + 128 latent channels; with LTX-2's split RoPE) but only ``--blocks`` of its 48 transformer blocks,
+random weights, bf16, eager, 512x768 video (a 16x24 latent grid: 512/32 x 768/32), 16 audio sinks, the v1 prefix.
+Two measurements per depth, then a straight-line fit over the depths (slope = cost of one transformer block, intercept = everything
 outside the blocks) extrapolated to 48 blocks:
 
 * **streaming**: the cached block step every causal student streams with
