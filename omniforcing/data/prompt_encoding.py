@@ -37,7 +37,9 @@ from omniforcing.models.ltx2.prompt_bank import (
 )
 
 TextDtype = Literal["bfloat16", "float32"]
-LTX2_PARTS = ("text_encoder", "tokenizer", "connectors")
+LTX2_FILES = {"text_encoder": ("config.json",), "tokenizer": ("tokenizer.json", "tokenizer_config.json"),
+              "connectors": ("config.json",)}
+LTX2_PARTS = tuple(LTX2_FILES)
 LTX2_SOURCE = "the Hugging Face repo Lightricks/LTX-2"
 
 
@@ -48,10 +50,10 @@ def check_text_encoder_folder(path: Path) -> Literal["ltx2", "auto"]:
     if not path.is_dir():
         raise MissingInputError(f"--text-encoder {path}: no such folder; download {layout} into it")
     if any((path / part).exists() for part in LTX2_PARTS):
-        for part in LTX2_PARTS:
-            if not (path / part).is_dir():
-                raise MissingInputError(f"--text-encoder {path}: no {part}/ folder; download {part}/ from "
-                                        f"{LTX2_SOURCE} into {path / part}")
+        for part, files in LTX2_FILES.items():
+            if not any((path / part / name).is_file() for name in files):
+                raise MissingInputError(f"--text-encoder {path}: no {part}/ folder with {' or '.join(files)}; "
+                                        f"download {part}/ from {LTX2_SOURCE} into {path / part}")
         return "ltx2"
     if (path / "config.json").is_file():
         return "auto"
@@ -84,11 +86,17 @@ class PromptFeatureEncoder:
         self.path, self.device, self.dtype, self.max_length = Path(path), torch.device(device), dtype, max_length
         self.kind = check_text_encoder_folder(self.path)
         torch_dtype = getattr(torch, dtype)
+        try:
+            if self.kind == "ltx2":
+                self.pipeline = load_ltx2_text_pipeline(self.path, torch_dtype, self.device)
+            else:
+                self.model, self.tokenizer = load_auto_encoder(self.path, torch_dtype, self.device)
+        except OSError as error:  # what transformers / diffusers raise for missing or unreadable weight files
+            source = f"from {LTX2_SOURCE} " if self.kind == "ltx2" else ""
+            raise MissingInputError(f"--text-encoder {path}: cannot load it ({' '.join(str(error).split())[:300]}); "
+                                    f"download it {source}again") from error
         if self.kind == "ltx2":
-            self.pipeline = load_ltx2_text_pipeline(self.path, torch_dtype, self.device)
             check_register_multiple(self.pipeline.connectors.config, max_length)
-        else:
-            self.model, self.tokenizer = load_auto_encoder(self.path, torch_dtype, self.device)
 
     def description(self) -> dict[str, Any]:
         """What makes the features (recorded in ``dataset.json`` and the bank; a re-run must match it)."""
@@ -133,9 +141,11 @@ def load_ltx2_text_pipeline(path: Path, dtype: torch.dtype, device: torch.device
 
     config = transformers.AutoConfig.from_pretrained(path / "text_encoder", local_files_only=True)
     encoder_class = getattr(transformers, (config.architectures or ["AutoModel"])[0])
-    text_encoder = encoder_class.from_pretrained(path / "text_encoder", dtype=dtype, local_files_only=True)
+    text_encoder = encoder_class.from_pretrained(path / "text_encoder", dtype=dtype, local_files_only=True,
+                                                 use_safetensors=True)  # never unpickle a .bin
     tokenizer = transformers.AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-    connectors = LTX2TextConnectors.from_pretrained(path / "connectors", torch_dtype=dtype, local_files_only=True)
+    connectors = LTX2TextConnectors.from_pretrained(path / "connectors", torch_dtype=dtype, local_files_only=True,
+                                                    use_safetensors=True)
     return LTX2Pipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder.to(device).eval(),
                         tokenizer=tokenizer, connectors=connectors.to(device).eval(), transformer=None, vocoder=None)
 
@@ -153,7 +163,7 @@ def load_auto_encoder(path: Path, dtype: torch.dtype, device: torch.device) -> t
     """``(model, tokenizer)`` of a transformers encoder folder (the encoder of an encoder-decoder model)."""
     import transformers
 
-    model = transformers.AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model = transformers.AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True)
     if model.config.is_encoder_decoder:
         model = model.get_encoder()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -142,19 +142,37 @@ def test_any_local_encoder_gives_its_last_hidden_state_to_both_streams(tmp_path)
         assert torch.equal(got.video, got.audio)
 
 
+def copy_without_weights(source: Path, target: Path, parts: tuple[str, ...]) -> Path:
+    """The files of ``parts`` of an LTX-2 folder except the weights (as a download stopped before them)."""
+    for part in parts:
+        (target / part).mkdir(parents=True)
+        for name in (source / part).iterdir():
+            if "safetensors" not in name.name:
+                (target / part / name.name).write_bytes(name.read_bytes())
+    return target
+
+
 def test_missing_folders_are_one_line_errors_naming_what_to_download(tmp_path, ltx2_folder):
     with pytest.raises(MissingInputError, match="no such folder; download") as missing:
         PromptFeatureEncoder(tmp_path / "nowhere")
-    (tmp_path / "text_encoder").mkdir()
-    with pytest.raises(MissingInputError, match="no tokenizer/ folder; download tokenizer/ from the Hugging Face "
-                                                "repo Lightricks/LTX-2 into") as part:
-        PromptFeatureEncoder(tmp_path)
+    copy_without_weights(ltx2_folder, tmp_path / "no_tokenizer", ("text_encoder", "connectors"))
+    with pytest.raises(MissingInputError, match="no tokenizer/ folder with tokenizer.json or tokenizer_config.json; "
+                                                "download tokenizer/ from the Hugging Face repo Lightricks/LTX-2 "
+                                                "into") as part:
+        PromptFeatureEncoder(tmp_path / "no_tokenizer")
+    (tmp_path / "empty" / "text_encoder").mkdir(parents=True)
+    with pytest.raises(MissingInputError, match="no text_encoder/ folder with config.json; download") as empty:
+        PromptFeatureEncoder(tmp_path / "empty")
+    partial = copy_without_weights(ltx2_folder, tmp_path / "partial", ("text_encoder", "tokenizer", "connectors"))
+    with pytest.raises(MissingInputError, match="cannot load it .* download it from the Hugging Face repo "
+                                                "Lightricks/LTX-2 again") as weights:
+        PromptFeatureEncoder(partial)
     (tmp_path / "other").mkdir()
     with pytest.raises(MissingInputError, match="neither an LTX-2 folder nor a transformers model") as unknown:
         PromptFeatureEncoder(tmp_path / "other")
     with pytest.raises(InvalidInputError, match="--text-max-length 6 must be a multiple of the 4 learnable") as length:
         PromptFeatureEncoder(ltx2_folder, dtype="float32", max_length=6)
-    assert all("\n" not in str(error.value) for error in (missing, part, unknown, length))
+    assert all("\n" not in str(error.value) for error in (missing, part, empty, weights, unknown, length))
 
 
 def tiny_codec() -> AVCodec:
