@@ -24,18 +24,21 @@ semantics and cache policy of :class:`~omniforcing.models.transformer.DualStream
   embedding (before the AdaLN projection and the head), so enabling it on pretrained weights changes nothing
   until trained;
 * text: ``encode_text`` delegates to a :class:`~omniforcing.models.ltx2.text.PromptEncoder` (caption features of
-  width ``caption_channels``); a cached call projects the prompt (caption projections, text keys/values of every
-  block) once per prompt binding (:meth:`~omniforcing.models.kv_cache.AVKVCache.text_kv`), as our backbone.
+  width ``caption_channels``); a cached call without autograd projects the prompt (caption projections, text
+  keys/values of every block) once per prompt binding (:meth:`~omniforcing.models.kv_cache.AVKVCache.text_kv`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
 from diffusers import LTX2VideoTransformer3DModel
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from omniforcing.errors import InvalidInputError, MissingInputError
@@ -229,7 +232,10 @@ class LTX2Backbone(nn.Module):
             masks = (self._history_masks(plan, cache, layout, block, num_video, num_audio)
                      if layout.num_blocks - block > 1 else AttentionMasks())  # one block: all history visible
         with_sinks = audio is not None and block == 0 and self.num_audio_sinks > 0
-        text_kv = None if cache is None else cache.text_kv(text, lambda: self._text_kv(text))
+        # streaming (no autograd): the prompt's keys/values once per binding; with autograd the blocks project it
+        # in their own forward, so gradients reach the text path and an FSDP unit projects with its full weights
+        text_kv = (None if cache is None or torch.is_grad_enabled()
+                   else cache.text_kv(text, lambda: self._text_kv(text)))
         shift = cache.relative_shift(block) if cache is not None else 0.0
         shifts = self.coords.time_shift(shift, self.device) if shift else {}
         if commit:
@@ -353,9 +359,12 @@ class LTX2Backbone(nn.Module):
         """Text keys/values ``(B, heads, L, head_dim)`` and additive masks ``(B, 1, 1, L)`` of every block."""
         inputs = self._text_inputs(text)
         masks = (inputs["encoder_attention_mask"][:, None], inputs["audio_encoder_attention_mask"][:, None])
-        return [TextKV(keys_values(block.attn2, inputs["encoder_hidden_states"]),
-                       keys_values(block.audio_attn2, inputs["audio_encoder_hidden_states"]), *masks)
-                for block in self.transformer.transformer_blocks]
+        out = []
+        for block in self.transformer.transformer_blocks:
+            with _full_weights(block):
+                out.append(TextKV(keys_values(block.attn2, inputs["encoder_hidden_states"]),
+                                  keys_values(block.audio_attn2, inputs["audio_encoder_hidden_states"]), *masks))
+        return out
 
     def _placeholder(self, batch: int, tokens: int, channels: int) -> Tensor:
         """Zero tokens of one latent of an absent stream."""
@@ -407,6 +416,23 @@ class LTX2Backbone(nn.Module):
 
 
 # -------------------------------------------------------------------- helpers
+@contextmanager
+def _full_weights(block: nn.Module) -> Iterator[None]:
+    """A block's whole weights outside its own forward: an FSDP unit (FSDP1 wrapper or FSDP2 module) holds only
+    its shard between forwards. Collective: every rank reaches it at the same call (not run on GPUs here)."""
+    if isinstance(block, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(block, writeback=False):
+            yield
+    elif isinstance(block, FSDPModule):
+        block.unshard()
+        try:
+            yield
+        finally:
+            block.reshard()
+    else:
+        yield
+
+
 def _video_tokens(video: Tensor, dtype: torch.dtype) -> Tensor:
     """``(B, Tv, C, h, w)`` -> ``(B, Tv*h*w, C)``: frame-major, then rows, then columns (``_pack_latents``)."""
     return video.permute(0, 1, 3, 4, 2).flatten(1, 3).to(dtype)

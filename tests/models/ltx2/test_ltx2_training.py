@@ -91,3 +91,34 @@ def test_compiled_blocks_give_the_same_outputs(make_backbone, make_clip):
     model.compile_core(enabled=False)
     for g, w in zip(got, want):
         assert (g - w).abs().max() <= 1e-6
+
+
+def test_fsdp_sharded_blocks_stream_and_train(make_backbone, make_clip, tmp_path):
+    """One FSDP2 unit per block (single-process gloo on the CPU): a cached stream projects the prompt with each
+    block's full weights (outside the block's forward) and equals the unsharded stream; a training forward runs."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_backbone(num_audio_sinks=2, causal=True)
+    clip = make_clip(model, seconds=1)
+
+    def stream():
+        cache, outs = model.new_cache(2), []
+        with torch.no_grad():
+            for k in range(clip.layout.num_blocks):
+                outs.extend(model(*clip.block(k), clip.text, cache=cache, block=k, commit=True))
+        return outs
+
+    want = stream()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        for block in model.transformer.transformer_blocks:
+            fully_shard(block)
+        fully_shard(model)
+        for got, w in zip(stream(), want):
+            assert torch.equal(got, w)
+        out_v, _ = model(clip.video, clip.audio, clip.t_video, clip.t_audio, clip.text)
+        out_v.square().mean().backward()
+        assert model.transformer.transformer_blocks[0].attn1.to_q.weight.grad is not None
+    finally:
+        dist.destroy_process_group()
