@@ -19,6 +19,8 @@ from transformers import (
     Gemma3TextModel,
     PreTrainedTokenizerFast,
     SiglipVisionConfig,
+    T5Config,
+    T5Model,
 )
 
 from omniforcing.cli import main
@@ -126,15 +128,25 @@ def test_ltx2_features_equal_a_direct_call_of_gemma_and_the_connectors(tmp_path,
     assert not torch.equal(features[0].video[-1], features[0].audio[-1])  # two streams, two connectors
 
 
-def test_any_local_encoder_gives_its_last_hidden_state_to_both_streams(tmp_path):
+def tiny_auto_model(kind: str) -> torch.nn.Module:
+    """A decoder-only (Gemma-3 text) or an encoder-decoder (T5) transformers model, ``WIDTH`` wide."""
+    if kind == "gemma3_text":
+        return Gemma3TextModel(gemma_text_config())
+    return T5Model(T5Config(vocab_size=len(WORDS) + 4, d_model=WIDTH, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                            decoder_start_token_id=0))
+
+
+@pytest.mark.parametrize("kind", ["gemma3_text", "t5"])
+def test_any_local_encoder_gives_its_last_hidden_state_to_both_streams(tmp_path, kind):
     torch.manual_seed(0)
-    model = Gemma3TextModel(gemma_text_config()).eval()
+    model = tiny_auto_model(kind).eval()
     model.save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
     features = PromptFeatureEncoder(tmp_path, dtype="float32", max_length=MAX_LENGTH)(CAPTIONS)
     tokens = tiny_tokenizer()(CAPTIONS, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    encoder = model.get_encoder() if kind == "t5" else model  # of an encoder-decoder model: its encoder
     with torch.no_grad():
-        hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        hidden = encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
     for row, got in enumerate(features):
         expected = hidden[row][tokens.attention_mask[row].bool()]
         assert got.video.shape == (min(len(CAPTIONS[row].split()) + 1, MAX_LENGTH), WIDTH)  # words + <bos>
