@@ -93,32 +93,41 @@ def test_compiled_blocks_give_the_same_outputs(make_backbone, make_clip):
         assert (g - w).abs().max() <= 1e-6
 
 
-def test_fsdp_sharded_blocks_stream_and_train(make_backbone, make_clip, tmp_path):
-    """One FSDP2 unit per block (single-process gloo on the CPU): a cached stream projects the prompt with each
-    block's full weights (outside the block's forward) and equals the unsharded stream; a training forward runs."""
+@pytest.mark.filterwarnings("ignore:FSDP is switching to use `NO_SHARD`")
+@pytest.mark.parametrize("wrapping", ["fully_shard", "FullyShardedDataParallel"])
+def test_fsdp_units_per_block_stream_and_train(make_backbone, make_clip, tmp_path, wrapping):
+    """One FSDP unit per block (single-process gloo on the CPU; FSDP2's fully_shard, or FSDP1's wrapper as
+    Lightning's FSDPStrategy makes it): a cached stream projects the prompt with each block's full weights
+    (outside the block's forward) and equals the unsharded stream; a training forward runs backward."""
     import torch.distributed as dist
-    from torch.distributed.fsdp import fully_shard
+    from diffusers.models.transformers.transformer_ltx2 import LTX2VideoTransformerBlock
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     model = make_backbone(num_audio_sinks=2, causal=True)
     clip = make_clip(model, seconds=1)
 
-    def stream():
-        cache, outs = model.new_cache(2), []
+    def stream(network):
+        cache, outs = network.new_cache(2), []
         with torch.no_grad():
             for k in range(clip.layout.num_blocks):
-                outs.extend(model(*clip.block(k), clip.text, cache=cache, block=k, commit=True))
+                outs.extend(network(*clip.block(k), clip.text, cache=cache, block=k, commit=True))
         return outs
 
-    want = stream()
+    want = stream(model)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
     try:
-        for block in model.transformer.transformer_blocks:
-            fully_shard(block)
-        fully_shard(model)
-        for got, w in zip(stream(), want):
+        if wrapping == "fully_shard":
+            for block in model.transformer.transformer_blocks:
+                fully_shard(block)
+            network = fully_shard(model)
+        else:  # world size 1: FSDP1 falls back to NO_SHARD, so this checks the wrapper's plumbing
+            network = FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({LTX2VideoTransformerBlock}),
+                                               device_id=torch.device("cpu"))
+        for got, w in zip(stream(network), want):
             assert torch.equal(got, w)
-        out_v, _ = model(clip.video, clip.audio, clip.t_video, clip.t_audio, clip.text)
+        out_v, _ = network(clip.video, clip.audio, clip.t_video, clip.t_audio, clip.text)
         out_v.square().mean().backward()
-        assert model.transformer.transformer_blocks[0].attn1.to_q.weight.grad is not None
+        assert any(p.grad is not None for p in network.parameters())
     finally:
         dist.destroy_process_group()
