@@ -116,6 +116,36 @@ def test_the_real_recipe_loads_local_weights_and_prompt_features(tmp_path):
     assert isinstance(text, TextContext) and text.video.tokens.shape == (1, 3, width)
 
 
+def test_local_ltx2_weights_export_as_a_teacher_that_makes_ode_pairs(tmp_path):
+    """docs/ltx2.md step 2: the pretrained transformer, exported once, is what teacher_from and ode-pairs read."""
+    from diffusers import LTX2VideoTransformer3DModel
+
+    from omniforcing.codecs.base import AVCodec
+    from omniforcing.inference.export import load_model, save_exported
+    from omniforcing.models.ltx2.prompt_bank import PromptFeatures, save_prompt_bank
+
+    def tree(name: str, key: str) -> dict:
+        return yaml.safe_load((RECIPES / name).read_text())["model"]["init_args"][key]
+
+    architecture = LTX2Architecture(in_channels=1536, audio_in_channels=256)  # the patch codec's channels
+    LTX2VideoTransformer3DModel(**architecture.diffusers_config()).save_pretrained(tmp_path / "LTX-2" / "transformer")
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a dog barks\n")
+    save_prompt_bank(tmp_path / "prompts.safetensors", {caption: PromptFeatures(torch.randn(3, 16), torch.randn(3, 16))
+                                                       for caption in ("", "a dog barks")}, {"name": "test"})
+    network = tree("model/ltx2.yaml", "network")
+    network["init_args"] |= {"pretrained": str(tmp_path / "LTX-2"), "video_grid": [4, 4]}
+    network["init_args"]["text_encoder"]["init_args"]["path"] = str(tmp_path / "prompts.safetensors")
+    codec = tree("latents/patch.yaml", "codec")
+    save_exported(tmp_path / "teacher", instantiate(network), instantiate(codec, AVCodec),
+                  {"network": network, "codec": codec, "method_args": {"video_cfg": 3.0, "audio_cfg": 5.0}})
+    teacher, _, config = load_model(tmp_path / "teacher")
+    assert isinstance(teacher, LTX2Backbone) and not teacher.causal and teacher.dtype == torch.bfloat16
+    main(["data", "ode-pairs", "--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "pairs"), "--count",
+          "1", "--seconds", "1", "--steps", "4", "--captions", str(captions), "--device", "cpu"])
+    assert json.loads((tmp_path / "pairs" / "dataset.json").read_text())["complete"]
+
+
 def test_activation_checkpointing_switches_the_ltx2_backbone_and_keeps_its_gradients():
     torch.manual_seed(0)
     network = LTX2Backbone(text_encoder=BytePromptEncoder(16, text_width=16, depth=1, heads=2), video_grid=(2, 2),
