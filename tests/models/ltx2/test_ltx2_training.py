@@ -98,14 +98,20 @@ def test_compiled_blocks_give_the_same_outputs(make_backbone, make_clip):
 def test_fsdp_units_per_block_stream_and_train(make_backbone, make_clip, tmp_path, wrapping):
     """One FSDP unit per block (single-process gloo on the CPU; FSDP2's fully_shard, or FSDP1's wrapper as
     Lightning's FSDPStrategy makes it): a cached stream projects the prompt with each block's full weights
-    (outside the block's forward) and equals the unsharded stream; a training forward runs backward."""
+    (outside the block's forward) and equals the unsharded stream; a training forward with per-block activation
+    checkpointing gives the unsharded loss (and, FSDP2, its gradients)."""
     import torch.distributed as dist
     from diffusers.models.transformers.transformer_ltx2 import LTX2VideoTransformerBlock
     from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    model = make_backbone(num_audio_sinks=2, causal=True)
+    model = make_backbone(num_audio_sinks=2, causal=True, activation_checkpointing=True)
     clip = make_clip(model, seconds=1)
+    args = (clip.video, clip.audio, clip.t_video, clip.t_audio, clip.text)
+    reference = make_backbone(num_audio_sinks=2, causal=True)
+    loss = reference(*args)[0].square().mean()
+    loss.backward()
+    want_grad = reference.transformer.transformer_blocks[0].attn1.to_q.weight.grad
 
     def stream(network):
         cache, outs = network.new_cache(2), []
@@ -126,8 +132,13 @@ def test_fsdp_units_per_block_stream_and_train(make_backbone, make_clip, tmp_pat
                                                device_id=torch.device("cpu"))
         for got, w in zip(stream(network), want):
             assert torch.equal(got, w)
-        out_v, _ = network(clip.video, clip.audio, clip.t_video, clip.t_audio, clip.text)
-        out_v.square().mean().backward()
-        assert any(p.grad is not None for p in network.parameters())
+        sharded_loss = network(*args)[0].square().mean()
+        sharded_loss.backward()  # through the per-block activation checkpointing
+        assert torch.allclose(sharded_loss, loss)
+        if wrapping == "fully_shard":
+            grad = model.transformer.transformer_blocks[0].attn1.to_q.weight.grad.full_tensor()
+            torch.testing.assert_close(grad, want_grad, atol=1e-6, rtol=1e-5)
+        else:
+            assert any(p.grad is not None for p in network.parameters())
     finally:
         dist.destroy_process_group()
