@@ -27,12 +27,13 @@ def class_path_of(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def import_class(path: str, base: type, what: str) -> type:
+def import_class(path: str, base: type | tuple[type, ...], what: str) -> type:
     """The class at ``path`` (``"package.module.Class"``), which must subclass ``base``.
 
     Args:
         path: dotted module path and class name.
-        base: the class the caller needs (e.g. ``VideoCodec``, ``FeatureExtractor``, ``nn.Module``).
+        base: the class the caller needs (e.g. ``VideoCodec``, ``FeatureExtractor``, ``nn.Module``), or a tuple
+            of classes of which it must subclass one.
         what: what the class is for, used in the message (``"codec"``, ``"feature extractor"``, ...).
 
     Raises:
@@ -50,7 +51,8 @@ def import_class(path: str, base: type, what: str) -> type:
     if not isinstance(cls, type):
         raise InvalidInputError(f"{what} class path {path!r}: module {module_name!r} has no class {class_name!r}")
     if not issubclass(cls, base):
-        raise InvalidInputError(f"{what} class path {path!r} is not a {base.__name__} subclass")
+        names = " or ".join(b.__name__ for b in (base if isinstance(base, tuple) else (base,)))
+        raise InvalidInputError(f"{what} class path {path!r} is not a {names} subclass")
     return cls
 
 

@@ -19,7 +19,6 @@ its ``codec_config`` entry plays the role of the JSON record.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from omniforcing.class_paths import import_class
 from omniforcing.codecs.base import AudioCodec, AVCodec, VideoCodec
 from omniforcing.errors import InvalidInputError, MissingInputError
 
@@ -42,7 +42,8 @@ CHECKPOINT_CONFIG_KEY = "codec_config"
 def codec_config(codec: nn.Module) -> dict[str, Any]:
     """``{"class_path", "init_args"}`` of a codec, nested for :class:`AVCodec` and codecs holding codecs.
 
-    Codec classes record their constructor arguments (without ``checkpoint``) in ``self.init_args``.
+    Codec classes record their constructor arguments (without ``checkpoint``) in ``self.init_args``, automatically
+    (:class:`~omniforcing.class_paths.RecordsInitArgs`, a base of every video and audio codec).
     """
     if isinstance(codec, AVCodec) and not hasattr(codec, "init_args"):
         args: dict[str, Any] = {"video": codec.video, "audio": codec.audio}
@@ -203,12 +204,10 @@ def _normal(value: Any) -> Any:
 def build_codec(config: dict[str, Any]) -> nn.Module:
     """Instantiate a codec from ``{"class_path", "init_args"}`` (nested configs are built first).
 
-    Only subclasses of :class:`VideoCodec`, :class:`AudioCodec` or :class:`AVCodec` may be built.
+    Only subclasses of :class:`VideoCodec`, :class:`AudioCodec` or :class:`AVCodec` may be built; a class path
+    that does not import or is not a codec is an :class:`~omniforcing.errors.InvalidInputError` (one line).
     """
-    module_name, _, class_name = config["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, CODEC_BASES)):
-        raise ValueError(f"{config['class_path']} is not a codec class (VideoCodec, AudioCodec or AVCodec)")
+    cls = import_class(str(config["class_path"]), CODEC_BASES, "codec")
     args = {k: build_codec(v) if isinstance(v, dict) and "class_path" in v else v
             for k, v in config.get("init_args", {}).items()}
     return cls(**args)

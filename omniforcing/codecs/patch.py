@@ -38,7 +38,6 @@ class PatchVideoCodec(NormalizedVideoCodec):
         super().__init__()
         if size % patch_size:
             raise ValueError(f"patch_size {patch_size} must divide the frame size {size}")
-        self.init_args = {"size": size, "patch_size": patch_size, "temporal_stride": temporal_stride, "fps": fps}
         self.size = (size, size)
         self.patch_size = patch_size
         self.temporal_stride = temporal_stride

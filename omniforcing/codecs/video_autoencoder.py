@@ -151,9 +151,6 @@ class CausalVideoAutoencoder(NormalizedVideoCodec):
             raise ValueError(f"spatial_factor must be a power of two >= 2 dividing size {size}, got {spatial_factor}")
         if len(widths) != levels:
             raise ValueError(f"widths needs log2(spatial_factor) = {levels} entries, got {list(widths)}")
-        self.init_args = {"size": size, "spatial_factor": spatial_factor, "latent_channels": latent_channels,
-                          "widths": list(widths), "group_width": group_width, "blocks_per_level": blocks_per_level,
-                          "context_latents": context_latents, "temporal_stride": temporal_stride, "fps": fps}
         self.size = (height, width)
         self.temporal_stride = temporal_stride
         self.fps = fps
