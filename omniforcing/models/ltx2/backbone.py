@@ -488,8 +488,9 @@ def _load(pretrained: Path | None, subfolder: str, architecture: LTX2Architectur
         raise MissingInputError(f"no LTX-2 transformer at {folder} (config.json missing): "
                                 + DOWNLOAD.format(sub=subfolder))
     try:
-        return LTX2VideoTransformer3DModel.from_pretrained(Path(pretrained).expanduser(), subfolder=subfolder,
-                                                           local_files_only=True, torch_dtype=torch_dtype)
+        model = LTX2VideoTransformer3DModel.from_pretrained(Path(pretrained).expanduser(), subfolder=subfolder,
+                                                            local_files_only=True, torch_dtype=torch_dtype)
+        return model.train()  # from_pretrained returns eval mode; a backbone starts in training mode like any module
     except OSError as error:  # config present, weights missing or unreadable
         raise MissingInputError(f"cannot load the LTX-2 transformer weights from {folder} "
                                 f"({str(error).splitlines()[0]}): " + DOWNLOAD.format(sub=subfolder)) from None
