@@ -3,10 +3,12 @@ streaming equals the same sampler written with block-causal full-sequence forwar
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from omniforcing.sampling.blocks import BlockGenerator, block_step
+from omniforcing.sampling.capture import capture_block_step
 from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.sampling.schedule import BlockTimes
 
@@ -83,3 +85,33 @@ def test_streamed_block_steps_read_nothing_back_to_the_host(make_backbone):
         with HostReads() as reads:
             block_step(denoiser, block, draws, times)
         assert reads.reads == [], (block, reads.reads)
+
+
+@pytest.mark.slow
+def test_captured_stream_equals_eager_and_stops_compiling_once_the_window_is_full(make_backbone):
+    """omniforcing.sampling.capture on the adapter (``aot_eager``: dynamo traces every block of every forward,
+    guards included): the guided stream equals eager, and after the 2-s window fills nothing recompiles."""
+    from omniforcing.models.ltx2 import LTX2Architecture
+
+    def stream(step, recompile_after: int | None = None):
+        network = make_backbone(num_audio_sinks=2, causal=True, architecture=LTX2Architecture(num_layers=1))
+        text, null = network.encode_text(["a"]), network.encode_text(["a"], drop=torch.ones(1, dtype=torch.bool))
+        denoiser = GuidedDenoiser(network, text, null, 2.0, 3.0, cache=network.new_cache(1, window_seconds=2),
+                                  null_cache=network.new_cache(1, window_seconds=2))
+        blocks = BlockGenerator(denoiser, BlockTimes.of([1.0, 0.6, 0.3], [1.0, 0.5]), (8, 2, 3), (8,), step=step)
+        generator, outputs = torch.Generator().manual_seed(0), []
+        with torch.inference_mode():
+            for block in range(6):
+                torch._dynamo.config.error_on_recompile = recompile_after is not None and block >= recompile_after
+                try:
+                    outputs.append(blocks(block, generator))
+                finally:
+                    torch._dynamo.config.error_on_recompile = False
+        return outputs
+
+    torch._dynamo.reset()
+    eager = stream(block_step)
+    captured = stream(capture_block_step(block_step, backend="aot_eager"), recompile_after=3)
+    for got, want in zip(captured, eager, strict=True):
+        torch.testing.assert_close(got.video, want.video, rtol=0, atol=1e-4)
+        torch.testing.assert_close(got.audio, want.audio, rtol=0, atol=1e-4)
