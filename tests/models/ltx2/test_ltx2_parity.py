@@ -12,7 +12,7 @@ from diffusers import LTX2VideoTransformer3DModel
 from omniforcing.models.protocol import AVBackbone
 
 
-def diffusers_forward(model, clip):
+def diffusers_forward(model, clip, **kwargs):
     """The wrapped model's own forward, on a copy with diffusers' default attention processors."""
     reference = LTX2VideoTransformer3DModel.from_config(model.transformer.config)
     reference.load_state_dict(model.transformer.state_dict())
@@ -26,7 +26,7 @@ def diffusers_forward(model, clip):
                              timestep=timestep, audio_timestep=1000 * clip.t_audio,
                              encoder_attention_mask=text.video.mask.float(),
                              audio_encoder_attention_mask=text.audio.mask.float(), num_frames=frames, height=h,
-                             width=w, fps=24.0, audio_num_frames=audio.shape[1], return_dict=False)
+                             width=w, fps=24.0, audio_num_frames=audio.shape[1], return_dict=False, **kwargs)
     return out_v.reshape(batch, frames, h, w, channels).permute(0, 1, 4, 2, 3), out_a
 
 
@@ -42,6 +42,21 @@ def test_bidirectional_forward_equals_diffusers_forward(make_backbone, make_clip
     assert (got_v - want_v).abs().max() <= 1e-5
     assert (got_a - want_a).abs().max() <= 1e-5
     assert want_v.abs().mean() > 1e-2 and want_a.abs().mean() > 1e-2  # non-trivial outputs
+
+
+@torch.no_grad()
+def test_single_modality_forwards_equal_diffusers_isolated_modalities(make_backbone, make_clip):
+    """A video-only (audio-only) call equals diffusers' forward with ``isolate_modalities`` (no audio<->video
+    attention): the placeholder of the absent stream changes nothing."""
+    model = make_backbone()
+    clip = make_clip(model, seconds=1)
+    want_v, want_a = diffusers_forward(model, clip, isolate_modalities=True)
+    got_v, none = model(clip.video, None, clip.t_video, None, clip.text)
+    none_v, got_a = model(None, clip.audio, None, clip.t_audio, clip.text)
+    assert none is None and none_v is None
+    assert (got_v - want_v).abs().max() <= 1e-5 and (got_a - want_a).abs().max() <= 1e-5
+    joint_v, _ = model(clip.video, clip.audio, clip.t_video, clip.t_audio, clip.text)
+    assert (joint_v - got_v).abs().max() > 1e-4  # the joint call does use the other stream
 
 
 def test_backbone_satisfies_the_protocol(make_backbone):
