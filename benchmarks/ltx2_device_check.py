@@ -36,7 +36,7 @@ import signal
 import statistics
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -102,7 +102,8 @@ def latent_shapes(network: LTX2Backbone) -> tuple[tuple[int, ...], tuple[int, ..
     return (network.video_channels, *network.video_grid), (network.audio_channels,)
 
 
-def tensor_bytes(tensors) -> int:
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes held by ``tensors``."""
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
