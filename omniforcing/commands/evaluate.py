@@ -97,7 +97,7 @@ def evaluate(
         fake: generated clips: a folder of media files (mp4 ...) or shards.
         watch: a run folder (with ``checkpoints/``) or a folder of runs: evaluate each new checkpoint.
         extractors: metrics, comma-separated or a list: ``video_stats``, ``audio_stats``, ``sync``, ``i3d``
-            (FVD), ``vggish`` (FAD).
+            (FVD), ``vggish`` (FAD), or the class path of any ``FeatureExtractor`` (docs/extending.md).
         out: JSON file for ``--real/--fake`` (default: print only).
         seconds: clip length after the lead frame (default: the shorter of the real and fake clips, or the
             run's clip length).
