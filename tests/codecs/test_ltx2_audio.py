@@ -9,10 +9,15 @@ import torch
 from diffusers import AutoencoderKLLTX2Audio
 from diffusers.pipelines.ltx2.pipeline_ltx2 import LTX2Pipeline
 from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
+import yaml
+from test_ltx2 import SIZE, write_tiny_vae
 from torchaudio.functional import resample
 
-from omniforcing.codecs import LTX2AudioCodec
+from omniforcing.codecs import AVCodec, LTX2AudioCodec, LTX2VideoCodec, codec_config
 from omniforcing.errors import MissingInputError
+from omniforcing.inference.export import instantiate
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "latents" / "ltx2.yaml"
 
 # 2 latent channels x (16 mel bins / 4) = 8 packed channels, as A's tiny LTX-2 geometry; base_channels sizes the
 # VAE's statistics buffers, which the pipeline applies to the packed latents, so it must be 8 too
@@ -145,3 +150,19 @@ def test_too_short_for_the_mel_window_says_so(ltx2_root):
     with pytest.raises(ValueError, match="at least 2 latents"):
         codec.encode(torch.zeros(1, 1, 640))
     assert codec.encode(torch.zeros(1, 1, 1280)).shape == (1, 2, 8)
+
+
+def test_the_latents_recipe_builds_both_codecs_from_one_folder(tmp_path):
+    write_tiny_vae(tmp_path, decoder_causal=False)
+    write_tiny_audio(tmp_path)
+    tree = yaml.safe_load(RECIPE.read_text())["model"]["init_args"]["codec"]
+    for part in ("video", "audio"):
+        tree["init_args"][part]["init_args"]["pretrained"] = str(tmp_path)
+    tree["init_args"]["video"]["init_args"]["size"] = list(SIZE)
+    codec = instantiate(tree, AVCodec)
+    assert isinstance(codec.video, LTX2VideoCodec) and isinstance(codec.audio, LTX2AudioCodec)
+    assert codec.video.vae.dtype == torch.bfloat16 and codec.audio.vocoder.dtype == torch.bfloat16
+    assert (codec.video.latent_rate, codec.audio.latent_rate, codec.video.latent_size) == (3, 25, (2, 3))
+    rebuilt = instantiate(codec_config(codec), AVCodec)  # the record exports keep (pretrained path included)
+    latents = torch.randn(1, 3, 8)
+    torch.testing.assert_close(rebuilt.audio.decode(latents), codec.audio.decode(latents), rtol=0, atol=0)
