@@ -166,3 +166,26 @@ def test_the_latents_recipe_builds_both_codecs_from_one_folder(tmp_path):
     rebuilt = instantiate(codec_config(codec), AVCodec)  # the record exports keep (pretrained path included)
     latents = torch.randn(1, 3, 8)
     torch.testing.assert_close(rebuilt.audio.decode(latents), codec.audio.decode(latents), rtol=0, atol=0)
+
+
+def test_the_stream_decoder_gives_each_block_as_decoding_everything_up_to_it(tmp_path):
+    """IncrementalDecoder keeps each codec's decode_context: every streamed block equals the same span of
+    decoding all latents up to the block's end (the most a stream can know; the decoders are not causal)."""
+    from omniforcing.inference.clips import to_uint8_video
+    from omniforcing.inference.stream_decoding import IncrementalDecoder
+    from omniforcing.types import AVLatents
+
+    write_tiny_vae(tmp_path, decoder_causal=False)
+    write_tiny_audio(tmp_path)
+    codec = AVCodec(LTX2VideoCodec(tmp_path, size=SIZE), LTX2AudioCodec(tmp_path, n_fft=N_FFT))
+    generator = torch.Generator().manual_seed(2)
+    video, audio = torch.randn(1, 13, 8, 2, 3, generator=generator), torch.randn(1, 101, 8, generator=generator)
+    stream = IncrementalDecoder(codec)
+    assert stream.video_context == codec.video.decode_context and stream.audio_context == codec.audio.decode_context
+    for v_end, a_end in ((4, 26), (7, 51), (10, 76), (13, 101)):  # the lead + 1 s, then 1 s blocks
+        v_count, a_count = (4, 26) if v_end == 4 else (3, 25)
+        frames, samples = stream.decode(AVLatents(video[:, v_end - v_count:v_end], audio[:, a_end - a_count:a_end]))
+        expected = to_uint8_video(codec.video.decode(video[:, :v_end]))[:, -frames.shape[1]:]
+        assert (frames.int() - expected.int()).abs().max() <= 1  # float rounding may flip one uint8 step
+        expected_audio = codec.audio.decode(audio[:, :a_end])[:, 0, -640 * a_count:]
+        torch.testing.assert_close(samples, expected_audio, rtol=0, atol=1e-5)
