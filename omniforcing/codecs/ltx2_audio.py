@@ -189,7 +189,7 @@ def audio_decode_reach(codec: LTX2AudioCodec) -> DecodeReach:
 
     Measured on structural probes: the same configs with narrow channels (the VAE's base 32, the vocoders'
     hidden widths the smallest their halving allows); a bandwidth-extension vocoder keeps its loaded STFT and
-    mel bases, which are buffers of the checkpoint rather than weights.
+    mel bases, which are buffers of the checkpoint rather than weights (random ones where they are all zero).
     """
     vae_config = {k: v for k, v in codec.audio_vae.config.items() if not k.startswith("_")}
     voc_config = {k: v for k, v in codec.vocoder.config.items() if not k.startswith("_")}
@@ -204,6 +204,11 @@ def audio_decode_reach(codec: LTX2AudioCodec) -> DecodeReach:
         vocoder = structural_probe(lambda: type(codec.vocoder).from_config(voc_config))
         if hasattr(vocoder, "mel_stft"):
             vocoder.mel_stft.load_state_dict(codec.vocoder.mel_stft.state_dict())
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                for basis in vocoder.mel_stft.buffers():
+                    if not basis.any():  # never-trained (all-zero) bases would give 0/0 gradients in the magnitude
+                        basis.copy_(torch.randn_like(basis))
             vocoder.double()
         span = codec.samples_per_latent
         _REACH_CACHE[key] = measure_decode_reach(

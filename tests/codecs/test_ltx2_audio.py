@@ -135,6 +135,8 @@ def test_bandwidth_extension_vocoder(tmp_path):
     codec = LTX2AudioCodec(tmp_path, n_fft=N_FFT)
     assert type(codec.vocoder) is LTX2VocoderWithBWE
     assert codec.decode(torch.randn(1, 4, 8)).shape == (1, 1, 640 * 4)
+    reach = codec.decode_reach  # measurable although the saved STFT bases are untrained zeros
+    assert reach.context >= 1 and reach.lookahead >= 1
 
 
 def test_missing_vocoder_is_one_line_naming_what_to_download(tmp_path):
