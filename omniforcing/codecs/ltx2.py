@@ -11,7 +11,7 @@ pipeline's ``_normalize_latents``: ``(raw - mean) * scaling_factor / std``, held
 
 Streaming: LTX-2's video decoder may be non-causal in time (``decoder_causal: false``: its temporal convolutions
 pad on both sides), so the frames of a latent depend on latents before *and after* it. Both reaches are measured
-when the codec is built (:func:`measure_decode_reach`, on a narrow float64 copy of the decoder with the same
+on first use (:func:`measure_decode_reach`: gradients through a narrow float64 copy of the decoder with the same
 layers): ``decode_context`` latents of left context make a block decoded after ``[context | block]`` equal to
 the same frames of decoding everything up to the block's end; the frames of the block's last
 ``decode_lookahead`` latents still change once later latents exist (a streamed clip differs from the
@@ -20,6 +20,7 @@ whole-clip decode there; docs/codecs.md, "LTX-2 codec").
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,8 @@ def load_ltx2_part(cls: type[M], pretrained: str | Path, subfolder: str, dtype: 
             f"https://huggingface.co/{LTX2_REPO} (its {subfolder}/ folder) into {Path(pretrained)}, "
             f"e.g. `hf download {LTX2_REPO} --include '{subfolder}/*' --local-dir {Path(pretrained)}`")
     model = cls.from_pretrained(str(pretrained), subfolder=subfolder, local_files_only=True,
-                                torch_dtype=torch_dtype(dtype))
+                                torch_dtype=torch_dtype(dtype),
+                                low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None)
     return model.eval().requires_grad_(False)
 
 
