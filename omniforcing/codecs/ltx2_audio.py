@@ -172,6 +172,7 @@ def waveform(audio_vae: AutoencoderKLLTX2Audio, vocoder: nn.Module, raw: Tensor,
     latents = LTX2Pipeline._unpack_audio_latents(raw, count, num_mel_bins=latent_mel_bins)
     mel = audio_vae.decode(latents).sample
     wave = vocoder(mel).mean(dim=1)  # (B, n) at the vocoder's output rate
+    wave = wave.to(torch.promote_types(wave.dtype, torch.float32))  # resample bf16 output in float32
     wave = resample(wave, vocoder.config.output_sampling_rate, sample_rate)
     vae_config = audio_vae.config
     expected = mel.shape[2] * vae_config.mel_hop_length * sample_rate // vae_config.sample_rate

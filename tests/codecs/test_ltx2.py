@@ -61,6 +61,18 @@ def test_geometry_and_rates_come_from_the_config(codec):
     torch.testing.assert_close(codec.encode(video), latents, rtol=0, atol=0)  # deterministic (posterior mode)
 
 
+def test_the_encoder_is_causal(codec):
+    video = torch.rand(1, 25, 3, *SIZE) * 2 - 1
+    latents = codec.encode_raw(video)
+    for first_changed in (9, 17):  # the first frame of latent 2, of latent 3
+        changed = video.clone()
+        changed[:, first_changed:] = 0
+        after = codec.encode_raw(changed)
+        kept = (first_changed - 1) // 8 + 1
+        torch.testing.assert_close(after[:, :kept], latents[:, :kept], rtol=0, atol=0)
+        assert (after[:, kept] - latents[:, kept]).abs().max() > 1e-2
+
+
 def test_normalisation_is_the_pipelines_and_exactly_invertible(codec):
     vae = codec.vae
     raw = torch.randn(2, 3, 8, 2, 3)

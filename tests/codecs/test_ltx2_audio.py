@@ -80,6 +80,17 @@ def test_encoding_reads_the_clip_from_ltx2s_time_zero_at_the_lead(codec):
     assert (codec.encode_raw(after_lead)[:, 0] - latents[:, 0]).abs().max() > 1e-4
 
 
+def test_latent_j_reads_up_to_half_a_mel_window_past_ltx2s_time_40j(codec):
+    audio = torch.rand(1, 1, 640 * 8) * 2 - 1
+    latents = codec.encode_raw(audio)
+    end_of_latent_3 = 480 + 640 * 3  # our sample of LTX-2's 120 ms, the centre of latent 3's last mel frame
+    unread, read = audio.clone(), audio.clone()
+    unread[..., end_of_latent_3 + N_FFT // 2:] = 0
+    read[..., end_of_latent_3:] = 0
+    torch.testing.assert_close(codec.encode_raw(unread)[:, :4], latents[:, :4], rtol=0, atol=0)
+    assert (codec.encode_raw(read)[:, 3] - latents[:, 3]).abs().max() > 1e-3
+
+
 def test_packing_and_normalisation_are_the_pipelines(codec):
     audio = torch.rand(1, 1, 640 * 5) * 2 - 1
     with torch.no_grad():
