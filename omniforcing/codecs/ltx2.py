@@ -272,8 +272,9 @@ def video_decode_reach(vae: AutoencoderKLLTX2Video) -> DecodeReach:
                       patch_size=1, encoder_spatial_padding_mode="zeros", decoder_spatial_padding_mode="zeros")
         probe = structural_probe(lambda: AutoencoderKLLTX2Video.from_config(config))
         channels, stride = probe.config.latent_channels, vae.temporal_compression_ratio
+        seeded = torch.Generator().manual_seed(0)
         _REACH_CACHE[key] = measure_decode_reach(  # latent k >= 1: frames 8k - 7 .. 8k
             lambda z: decode_frames(probe, z),
-            lambda n: torch.randn(1, n, channels, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+            lambda n: torch.randn(1, n, channels, 1, 1, generator=seeded.manual_seed(0), dtype=torch.float64),
             lambda k: slice(max(0, 1 + stride * (k - 1)), 1 + stride * k))
     return _REACH_CACHE[key]
