@@ -164,7 +164,7 @@ def test_frame_size_must_fit_the_latent_grid(ltx2_root):
 
 @pytest.mark.slow
 def test_reach_of_ltx2_layer_structure():
-    """LTX-2's decoder layers (diffusers defaults: 5 res blocks per level, three 2x space-time up-samplers)."""
+    """LTX-2.0's decoder layers (its config as diffusers converts it: the defaults, ratios 32 / 8)."""
     config = {"block_out_channels": (8, 16, 32, 64), "decoder_block_out_channels": (8, 16, 32),
               "spatial_compression_ratio": 32, "temporal_compression_ratio": 8}
     assert video_decode_reach(AutoencoderKLLTX2Video(**config, decoder_causal=False)) == DecodeReach(22, 22)
