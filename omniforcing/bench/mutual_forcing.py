@@ -14,7 +14,12 @@ and without autograd, and the bytes autograd saves for backward::
 
     python -m omniforcing.bench.mutual_forcing cost --preset tiny --seconds 2
 
-Both print markdown tables (``omniforcing.bench.report``) and can save them as JSON.
+``summarize``: the tables of ``benchmarks/mutual_forcing_seeds.sh`` (one ``quality`` run per seed and
+variant) as mean ± seed spread, and the differences next to their seed noise floor::
+
+    python -m omniforcing.bench.mutual_forcing summarize --runs runs/mutual_forcing_seeds
+
+All print markdown tables (``omniforcing.bench.report``) and can save them as JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import lightning as L
 import torch
 
 from omniforcing.bench.report import Report, Table
+from omniforcing.bench.seeds import aggregate_rows, compare_rows, read_seed_reports
 from omniforcing.data.synthetic import SceneSettings, synthesize_clip
 from omniforcing.inference.bidirectional import generate_bidirectional
 from omniforcing.inference.clips import GeneratedClips, decode_latents, latent_noise
@@ -296,11 +302,37 @@ def cost(*, methods: list[str] | None = None, preset: str = "tiny", seconds: int
     return report
 
 
+VARIANTS = {"quality_history_from_clip": "", "quality_history_from_noise": "history from noise: "}
+"""``quality`` reports of ``benchmarks/mutual_forcing_seeds.sh`` per seed folder, and their rows' prefixes."""
+COMPARED = [("few-step 4", "history from noise: few-step 4"), ("few-step 8", "history from noise: few-step 8"),
+            ("multi-step 48", "history from noise: multi-step 48"), ("few-step 4", "multi-step 48"),
+            ("few-step 8", "multi-step 48"), ("few-step 4", "OmniForcing student 4-step (streaming)"),
+            ("multi-step 48", "teacher 48, cfg 1 (bidirectional)")]
+METRICS = ["fd_video_stats", "fd_audio_stats", "av_align", "event_f1_av", "event_timing_ms"]
+
+
+def summarize(*, runs: Path = Path("runs/mutual_forcing_seeds"), json_out: Path | None = None) -> Report:
+    """The seed summary of ``benchmarks/mutual_forcing_seeds.sh``: every row's mean ± seed spread, and the
+    differences docs/mutual_forcing.md reads, each next to its seed noise floor (``omniforcing.bench.seeds``).
+
+    Args:
+        runs: the script's output folder (``seed<N>/quality_*.json``).
+        json_out: also save the report as JSON here.
+    """
+    rows = read_seed_reports(runs, VARIANTS, shared_rows=("real clips (held out)",))
+    report = Report("mutual_forcing_seeds", [
+        aggregate_rows(rows, f"Mutual Forcing samplers over seeds (mean ± sample std), {runs}"),
+        compare_rows(rows, COMPARED, METRICS, "Differences a - b (mean over seeds) and their seed noise floor")])
+    if json_out is not None:
+        report.save_json(json_out)
+    return report
+
+
 def main() -> None:
-    """``python -m omniforcing.bench.mutual_forcing quality|cost ...``: print the tables as markdown."""
+    """``python -m omniforcing.bench.mutual_forcing quality|cost|summarize ...``: print the tables as markdown."""
     from jsonargparse import CLI
 
-    print(CLI({"quality": quality, "cost": cost}, as_positional=False).to_markdown())
+    print(CLI({"quality": quality, "cost": cost, "summarize": summarize}, as_positional=False).to_markdown())
 
 
 if __name__ == "__main__":

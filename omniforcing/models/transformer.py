@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from omniforcing.models.call_rules import cache_plan, check_inputs, full_masks
 from omniforcing.models.geometry import SinkRope, TokenGeometry
 from omniforcing.models.kv_cache import AVKVCache, CachePlan, PrefixPosition
 from omniforcing.models.layers import KV, RMSNorm, TimestepEmbedding, modulate
@@ -30,11 +31,8 @@ from omniforcing.models.layout import (
     AttentionMasks,
     BlockLayout,
     PrefixLayout,
-    additive_masks,
-    block_causal_masks,
     to_additive,
     visibility_masks,
-    window_blocks,
 )
 from omniforcing.models.ring import AUDIO_KINDS, VIDEO_KINDS, gather
 from omniforcing.models.rope import RotaryEmbedding
@@ -228,13 +226,13 @@ class DualStreamTransformer(nn.Module):
         Returns:
             ``(video velocity, audio velocity)`` in the shapes of ``video`` and ``audio`` (``None`` where absent).
         """
-        batch, num_video, num_audio = self._check_inputs(video, audio, t_video, t_audio, text, step_size)
+        batch, num_video, num_audio = check_inputs(self, video, audio, t_video, t_audio, text, step_size)
         plan = None
         if cache is None:
             if block or commit:
                 raise ValueError("block and commit are only meaningful with a cache")
             layout = self.layout(num_video or None, num_audio or None)
-            masks = self._full_masks(layout, causal, window_seconds, audio_window_seconds)
+            masks = full_masks(self, layout, causal, window_seconds, audio_window_seconds)
         else:
             if causal is False or window_seconds is not None or audio_window_seconds is not None:
                 raise ValueError("a cached call is block-causal with the cache's window; do not pass causal=False "
@@ -242,7 +240,7 @@ class DualStreamTransformer(nn.Module):
             cache.check_call(block, video is not None, audio is not None, batch)
             layout = self.layout(self._grid.video_start(block) + num_video if num_video else None,
                                  self._grid.audio_start(block) + num_audio if num_audio else None)
-            plan = self.cache_plan(cache, layout, block, num_video > 0, num_audio > 0)
+            plan = cache_plan(self, cache, layout, block, num_video > 0, num_audio > 0)
             masks = None if layout.num_blocks - block > 1 else AttentionMasks()  # one block: all history visible
         call, _, _ = self._call(layout, block, num_video, num_audio, masks, cache, plan)
         with_sinks = audio is not None and block == 0 and self.num_audio_sinks > 0
@@ -340,18 +338,8 @@ class DualStreamTransformer(nn.Module):
 
     def cache_plan(self, cache: AVKVCache, layout: BlockLayout, block: int, has_video: bool,
                    has_audio: bool) -> CachePlan:
-        """The cache's plan for a call of blocks ``block .. layout.num_blocks - 1`` (memoised by the cache, so
-        every denoising step and the commit of a block share one; host arithmetic only)."""
-        tokens_per_frame = self.video_grid[0] * self.video_grid[1]
-        blocks = range(block, layout.num_blocks)
-
-        def counts(start, total: int, per: int, extra: int) -> tuple[tuple[int, int], ...]:
-            return tuple((b, (min(start(b + 1), total) - start(b)) * per + (extra if b == 0 else 0)) for b in blocks)
-
-        video = counts(layout.video_start, layout.num_video, tokens_per_frame, 0) if has_video else None
-        audio = counts(layout.audio_start, layout.num_audio, 1, self.num_audio_sinks) if has_audio else None
-        return cache.plan(block, video, audio, (layout.video_rate * tokens_per_frame, layout.audio_rate),
-                          layout.is_complete, self.device)
+        """The cache's plan of a cached call (:func:`omniforcing.models.call_rules.cache_plan`)."""
+        return cache_plan(self, cache, layout, block, has_video, has_audio)
 
     def _run_layers(self, xv: Tensor | None, xa: Tensor | None, mv: Tensor | None, ma: Tensor | None,
                     text_kv: list[TextKV], call: LayerCall,
@@ -370,47 +358,6 @@ class DualStreamTransformer(nn.Module):
                 xv, xa, kv = layer(*args)
             current.append(kv)
         return xv, xa, current
-
-    # ---------------------------------------------------------------- input checks
-    def _check_inputs(self, video: Tensor | None, audio: Tensor | None, t_video: Tensor | None,
-                      t_audio: Tensor | None, text: TextContext, step_size: Tensor | None) -> tuple[int, int, int]:
-        if video is None and audio is None:
-            raise ValueError("give video, audio or both")
-        batch = (video if video is not None else audio).shape[0]
-        num_video = num_audio = 0
-        if video is not None:
-            if video.dim() != 5 or tuple(video.shape[2:]) != (self.video_channels, *self.video_grid):
-                raise ValueError(f"video must be (B, Tv, {self.video_channels}, {self.video_grid[0]}, "
-                                 f"{self.video_grid[1]}), got {tuple(video.shape)}")
-            num_video = video.shape[1]
-            _check_time("t_video", t_video, (batch, num_video))
-        if audio is not None:
-            if audio.dim() != 3 or audio.shape[2] != self.audio_channels or audio.shape[0] != batch:
-                raise ValueError(f"audio must be (B={batch}, Ta, {self.audio_channels}), got {tuple(audio.shape)}")
-            num_audio = audio.shape[1]
-            _check_time("t_audio", t_audio, (batch, num_audio))
-        if text.batch_size != batch:
-            raise ValueError(f"text context has batch {text.batch_size}, the latents have {batch}")
-        if self.step_size_conditioning != (step_size is not None):
-            raise ValueError("pass step_size (B,) exactly when the model has step_size_conditioning "
-                             f"(it {'has' if self.step_size_conditioning else 'does not have'} it)")
-        if step_size is not None and tuple(step_size.shape) != (batch,):
-            raise ValueError(f"step_size must be ({batch},), got {tuple(step_size.shape)}")
-        return batch, num_video, num_audio
-
-    # ---------------------------------------------------------------- geometry of a call
-    def _full_masks(self, layout: BlockLayout, causal: bool | None, window_seconds: float | None,
-                    audio_window_seconds: float | None) -> AttentionMasks:
-        causal = self.causal if causal is None else causal
-        video_window = window_blocks(window_seconds)
-        audio_window = window_blocks(window_seconds if audio_window_seconds is None else audio_window_seconds)
-        if not causal:
-            if video_window or audio_window:
-                raise ValueError("a local attention window needs the block-causal mask (causal=True)")
-            return AttentionMasks()
-        masks = block_causal_masks(layout, self.video_grid[0] * self.video_grid[1], self.num_audio_sinks,
-                                   video_window, audio_window, str(self.device))
-        return additive_masks(masks, self.dtype)
 
     def _call(self, layout: BlockLayout, block: int, num_video: int, num_audio: int, masks: AttentionMasks | None,
               cache: AVKVCache | None,
@@ -485,12 +432,6 @@ class DualStreamTransformer(nn.Module):
         return [TextKV(layer.video.text_attn.keys_values(tokens[0]), layer.audio.text_attn.keys_values(tokens[1]),
                        video_mask, audio_mask)
                 for layer in self.layers]
-
-
-def _check_time(name: str, t: Tensor | None, shape: tuple[int, int]) -> None:
-    if t is None or tuple(t.shape) != shape:
-        raise ValueError(f"{name} must be {shape} (one flow time per latent), got "
-                         f"{None if t is None else tuple(t.shape)}")
 
 
 def _cat_ids(history: Tensor | None, current: Tensor | None) -> Tensor | None:

@@ -60,7 +60,7 @@ from omniforcing.models.ltx2.text import PromptEncoder
 from omniforcing.models.ring import AUDIO_KINDS, VIDEO_KINDS, gather
 from omniforcing.models.stream_layer import LayerKV, TextKV
 from omniforcing.models.text import TextContext, TextEmbedding
-from omniforcing.models.transformer import DualStreamTransformer
+from omniforcing.models.call_rules import cache_plan, check_inputs, full_masks
 
 DOWNLOAD = ("download the '{sub}/' folder of Lightricks/LTX-2 from the Hugging Face hub (huggingface-cli download "
             "Lightricks/LTX-2 --include '{sub}/*' --local-dir DIR) and pass DIR as pretrained")
@@ -210,16 +210,14 @@ class LTX2Backbone(nn.Module):
         """Velocities for noisy latents; arguments and returns as
         :meth:`~omniforcing.models.protocol.AVBackbone.forward` (video ``(B, Tv, C, h, w)``, audio ``(B, Ta, C)``,
         flow times ``(B, Tv)`` / ``(B, Ta)`` in ``[0, 1]``)."""
-        # the input rules and mask policy are DualStreamTransformer's (one implementation, called unbound: they
-        # read only the protocol attributes this class shares)
-        batch, num_video, num_audio = DualStreamTransformer._check_inputs(self, video, audio, t_video, t_audio, text,
-                                                                          step_size)
+        # the input rules, mask policy and cache plan every backbone shares (models/call_rules.py)
+        batch, num_video, num_audio = check_inputs(self, video, audio, t_video, t_audio, text, step_size)
         plan = None
         if cache is None:
             if block or commit:
                 raise ValueError("block and commit are only meaningful with a cache")
             layout = self.layout(num_video or None, num_audio or None)
-            masks = DualStreamTransformer._full_masks(self, layout, causal, window_seconds, audio_window_seconds)
+            masks = full_masks(self, layout, causal, window_seconds, audio_window_seconds)
         else:
             if causal is False or window_seconds is not None or audio_window_seconds is not None:
                 raise ValueError("a cached call is block-causal with the cache's window; do not pass causal=False "
@@ -228,7 +226,7 @@ class LTX2Backbone(nn.Module):
             layout = self.layout(block_start(block, self.prefix, self.fps // self.temporal_stride)
                                  + num_video if num_video else None,
                                  block_start(block, self.prefix, self.audio_rate) + num_audio if num_audio else None)
-            plan = DualStreamTransformer.cache_plan(self, cache, layout, block, num_video > 0, num_audio > 0)
+            plan = cache_plan(self, cache, layout, block, num_video > 0, num_audio > 0)
             masks = (self._history_masks(plan, cache, layout, block, num_video, num_audio)
                      if layout.num_blocks - block > 1 else AttentionMasks())  # one block: all history visible
         with_sinks = audio is not None and block == 0 and self.num_audio_sinks > 0
