@@ -203,8 +203,7 @@ def export_teacher(config: TrainingBenchConfig, root: Path) -> Path:
     model, _, _, parsed = build(METHODS[0], config, {}, root)
     trees = parsed["model"]["init_args"]
     tree = {"network": trees["network"].as_dict(), "codec": trees["codec"].as_dict(),
-            "method_args": {"sample_steps": model.sample_steps, "video_cfg": model.video_cfg,
-                            "audio_cfg": model.audio_cfg, "modality": "joint"}}
+            "method_args": model.generation_settings()}  # what `omniforcing export` records for this method
     return save_exported(root / "teacher", model.network, model.codec, tree)
 
 

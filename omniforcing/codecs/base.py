@@ -28,10 +28,12 @@ from omniforcing.types import AUDIO_LATENT_RATE
 class VideoCodec(RecordsInitArgs, nn.Module, ABC):
     """Causal video codec: ``(B, T, 3, H, W)`` in ``[-1, 1]`` <-> ``(B, Tv, C, h, w)`` latents.
 
-    Subclasses set ``fps``, ``temporal_stride``, ``latent_channels`` and ``latent_size`` (h, w), and
+    Subclasses set ``fps``, ``temporal_stride``, ``latent_channels``, ``latent_size`` (h, w), ``size``, and
     ``decode_context`` when they know it.
 
     Attributes:
+        size: ``(H, W)`` of the frames it encodes and decodes, in pixels (pre-encoding, generation and streaming
+            read it to size clips).
         decode_context: latents before the decoded ones that the decoder reads (0: every latent decodes on its
             own); ``None`` = not known, and a stream then keeps a generous history and says so.
     """
@@ -40,6 +42,7 @@ class VideoCodec(RecordsInitArgs, nn.Module, ABC):
     temporal_stride: int = 8
     latent_channels: int
     latent_size: tuple[int, int]
+    size: tuple[int, int]
     decode_context: int | None = None
 
     @property

@@ -92,7 +92,6 @@ class NormalizedVideoCodec(VideoCodec):
     """
 
     normalizer: LatentNormalizer
-    size: tuple[int, int]
 
     @abstractmethod
     def encode_raw(self, video: Tensor) -> Tensor:
