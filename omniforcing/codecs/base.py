@@ -36,6 +36,8 @@ class VideoCodec(RecordsInitArgs, nn.Module, ABC):
             read it to size clips).
         decode_context: latents before the decoded ones that the decoder reads (0: every latent decodes on its
             own); ``None`` = not known, and a stream then keeps a generous history and says so.
+        decode_lookahead: latents after a block that still change its frames (0: a causal decoder); an exact
+            stream holds each block back until they exist (``StreamingSettings.exact_decode``).
     """
 
     fps: int = 24
@@ -44,6 +46,7 @@ class VideoCodec(RecordsInitArgs, nn.Module, ABC):
     latent_size: tuple[int, int]
     size: tuple[int, int]
     decode_context: int | None = None
+    decode_lookahead: int = 0
 
     @property
     def latent_rate(self) -> int:
@@ -95,11 +98,13 @@ class AudioCodec(RecordsInitArgs, nn.Module, ABC):
     Attributes:
         decode_context: latents before a block that the causal part of the decoder reads (0: none, or a
             decoder that is not causal, whose streamed output then differs at block boundaries).
+        decode_lookahead: latents after a block that still change its samples (0: a causal decoder).
     """
 
     sample_rate: int = 16000
     latent_channels: int
     decode_context: int = 0
+    decode_lookahead: int = 0
 
     @property
     def latent_rate(self) -> int:

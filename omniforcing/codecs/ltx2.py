@@ -181,7 +181,7 @@ class LTX2VideoCodec(NormalizedVideoCodec):
         return self.decode_reach.context if self.context_latents is None else self.context_latents
 
     @property
-    def decode_lookahead(self) -> int:
+    def decode_lookahead(self) -> int:  # type: ignore[override]
         """Latents after a block that still change its frames (0 when the decoder is causal)."""
         return self.decode_reach.lookahead
 

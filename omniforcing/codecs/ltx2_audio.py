@@ -116,7 +116,7 @@ class LTX2AudioCodec(NormalizedAudioCodec):
         return self.decode_reach.context if self.context_latents is None else self.context_latents
 
     @property
-    def decode_lookahead(self) -> int:
+    def decode_lookahead(self) -> int:  # type: ignore[override]
         """Latents after a block that still change its samples (the vocoder is not causal)."""
         return self.decode_reach.lookahead
 

@@ -116,6 +116,7 @@ def generate(
     threads: int | None = None,
     dtype: Dtype = "auto",
     compile: bool | None = None,
+    exact_decode: bool = False,
 ) -> None:
     """Generate one clip for a prompt and write it as an mp4 (H.264 + AAC); causal students stream it.
 
@@ -151,6 +152,8 @@ def generate(
             (worth it on CPUs with bf16 matrix units such as AMX). The codec always decodes in float32.
         compile: streaming: run every block step captured (``omniforcing.sampling.capture``: compiled layers,
             CUDA graphs on CUDA); default on CUDA, eager elsewhere (``--compile true|false``).
+        exact_decode: streaming: hold each block back by the codec's decoder lookahead so the streamed media
+            equal whole-clip decoding (non-causal decoders such as LTX-2's; adds that latency).
     """
     if out is None and raw is None:
         raise UserError("give --out FILE.mp4, --raw PATH (or -), or both")
@@ -170,7 +173,7 @@ def generate(
         config, video_steps=video_steps or steps, audio_steps=audio_steps or (steps if video_steps else None),
         window_seconds=window, audio_window_seconds=audio_window, video_cfg=cfg,
         audio_cfg=audio_cfg if audio_cfg is not None else cfg, step_size=step_size, prefix_position=prefix_position,
-        overlap=overlap, compile=compile)
+        overlap=overlap, compile=compile, exact_decode=exact_decode or None)
     generator = StreamingGenerator(network, codec, settings)
     _stream(generator, prompt, seconds, seed, out, raw, raw_audio)
 

@@ -83,6 +83,9 @@ class StreamingSettings:
         video_decode_context: video latents of history for the decoder (``None``: the codec's own context).
         audio_decode_context: audio latents of left context for the audio decoder (``None``: the codec's
             causal context).
+        exact_decode: hold each block's media back until the decoders' ``decode_lookahead`` latents after it
+            exist, so streamed media equal decoding the whole clip (latency grows by the lookahead: LTX-2's
+            video VAE 22 latents = 7.3 s, its vocoder 5 latents = 0.2 s); no effect with causal codecs.
         compile: run every block step captured (``omniforcing.sampling.capture``: CUDA graphs over static
             buffers); ``None`` = on CUDA, eager elsewhere (``--compile/--no-compile``).
         compile_backend: ``torch.compile`` backend of the captured step: ``inductor`` (fused kernels replayed as
@@ -105,6 +108,7 @@ class StreamingSettings:
     lookahead: int = 1
     video_decode_context: int | None = None
     audio_decode_context: int | None = None
+    exact_decode: bool = False
     compile: bool | None = None
     compile_backend: CompileBackend = "inductor"
 

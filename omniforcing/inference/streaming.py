@@ -29,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +200,6 @@ class StreamingGenerator:
         is reproducible on any device, captured or not. ``prompt`` may be a callable of the block index
         (module docstring).
         """
-        s = self.settings
         generator = torch.Generator().manual_seed(seed)
         blocks = itertools.count() if seconds is None else range(self.num_blocks(seconds))
         prompt_at = prompt if callable(prompt) else (lambda _: prompt)
@@ -269,20 +269,36 @@ class StreamingGenerator:
         latents = self.latent_blocks(prompt, seconds, seed)
         if self.settings.overlap:
             latents = prefetch(latents, self.settings.lookahead)
+        if not self.settings.decode:
+            for block in latents:
+                yield self._streamed(block, (None, None), 0.0, start)
+            return
         decoder = IncrementalDecoder(self.codec, self.settings.video_decode_context,
-                                     self.settings.audio_decode_context) if self.settings.decode else None
+                                     self.settings.audio_decode_context, exact=self.settings.exact_decode)
+        held: deque[LatentBlock] = deque()  # generated, media not decoded yet (an exact decoder's lookahead)
         for block in latents:
+            held.append(block)
             decode_start = time.perf_counter()
-            video = audio = None
-            if decoder is not None:
-                video, audio = decoder.decode(block.latents)
-                _synchronize(self.device)
+            media = decoder.push(block.latents)
+            _synchronize(self.device)
             decode_ms = (time.perf_counter() - decode_start) * 1e3
-            media_start, media_seconds = self.block_media_span(block.index)
-            yield StreamedBlock(block.index, None if video is None else video[0].cpu(),
-                                None if audio is None else audio[0].float().cpu(), block.latents, media_start,
-                                media_seconds, block.generate_ms, decode_ms, time.perf_counter() - start,
-                                block.cache_bytes, block.cache_tokens)
+            for pair in media:
+                yield self._streamed(held.popleft(), pair, decode_ms / len(media), start)
+        decode_start = time.perf_counter()
+        media = decoder.finish()  # the stream ended: what the lookahead held back
+        decode_ms = (time.perf_counter() - decode_start) * 1e3
+        for pair in media:
+            yield self._streamed(held.popleft(), pair, decode_ms / len(media), start)
+
+    def _streamed(self, block: LatentBlock, media: tuple[Tensor | None, Tensor | None], decode_ms: float,
+                  start: float) -> StreamedBlock:
+        """The delivered block: its media (batch item 0, on the CPU), timings and cache size."""
+        video, audio = media
+        media_start, media_seconds = self.block_media_span(block.index)
+        return StreamedBlock(block.index, None if video is None else video[0].cpu(),
+                             None if audio is None else audio[0].float().cpu(), block.latents, media_start,
+                             media_seconds, block.generate_ms, decode_ms, time.perf_counter() - start,
+                             block.cache_bytes, block.cache_tokens)
 
     def generate_latents(self, prompt: Prompt, seconds: int, seed: int = 0) -> AVLatents:
         """The whole stream's clean latents, concatenated (``(1, Tv, C, h, w)`` / ``(1, Ta, C)``)."""

@@ -15,20 +15,24 @@ from omniforcing.errors import InvalidInputError
 from omniforcing.inference.clips import to_uint8_video
 from omniforcing.inference.export import instantiate
 from omniforcing.inference.stream_decoding import UNKNOWN_CODEC_CONTEXT, IncrementalDecoder
+from omniforcing.inference.stream_settings import StreamingSettings
+from omniforcing.inference.streaming import StreamingGenerator
 from omniforcing.types import AVLatents
 
 
 class MovingAverageVideoCodec(VideoCodec):
-    """Test-only causal video codec: latent ``i`` decodes from the mean of latents ``i - context .. i``.
+    """Test-only video codec: latent ``i`` decodes from the mean of latents ``i - context .. i + lookahead``
+    (causal with ``lookahead=0``).
 
     Frames are ``(B, T, 3, size, size)``; a latent is the mean colour of its frame group ``(B, Tv, 3, 1, 1)``.
     """
 
-    def __init__(self, size: int = 4, context: int = 2, declare_context: bool = True) -> None:
+    def __init__(self, size: int = 4, context: int = 2, declare_context: bool = True, lookahead: int = 0) -> None:
         super().__init__()
         self.size = (size, size)
         self.latent_channels, self.latent_size = 3, (1, 1)
         self.context = context
+        self.decode_lookahead = lookahead
         if declare_context:
             self.decode_context = context
 
@@ -39,7 +43,8 @@ class MovingAverageVideoCodec(VideoCodec):
 
     def decode(self, latents: Tensor) -> Tensor:
         steps = torch.arange(latents.shape[1])
-        mixed = torch.stack([latents[:, (steps - lag).clamp_min(0)] for lag in range(self.context + 1)]).mean(0)
+        mixed = torch.stack([latents[:, (steps - lag).clamp(0, latents.shape[1] - 1)]
+                             for lag in range(-self.decode_lookahead, self.context + 1)]).mean(0)
         ramp = torch.linspace(0.25, 1.0, self.temporal_stride)[None, None, :, None, None, None]
         groups = torch.tanh(mixed[:, :, None] * ramp).expand(-1, -1, -1, -1, *self.size)  # (B, N, S, 3, H, W)
         return torch.cat([groups[:, 0, -1:], groups[:, 1:].flatten(1, 2)], 1)
@@ -62,6 +67,17 @@ class CausalLinearAudioCodec(AudioCodec):
     def decode(self, latents: Tensor) -> Tensor:
         previous = torch.cat([latents[:, :1], latents[:, :-1]], 1)
         return (latents @ self.basis[0] + previous @ self.basis[1]).flatten(1)[:, None].tanh()
+
+
+class CentredLinearAudioCodec(CausalLinearAudioCodec):
+    """Test-only audio codec that is not causal: each latent decodes with the one before and the one after."""
+
+    decode_lookahead = 1
+
+    def decode(self, latents: Tensor) -> Tensor:
+        following = torch.cat([latents[:, 1:], latents[:, -1:]], 1)
+        return (super().decode(latents)[:, 0].unflatten(1, (-1, self.samples_per_latent))
+                + following @ self.basis[1]).flatten(1)[:, None].tanh()
 
 
 def codec_spec(**video_args) -> dict:
@@ -104,7 +120,7 @@ def test_a_codec_that_declares_no_context_keeps_a_generous_history(caplog):
 
 def test_the_recorded_init_args_save_and_rebuild_the_users_codec(tmp_path):
     video = MovingAverageVideoCodec(size=2, context=3)
-    assert video.init_args == {"size": 2, "context": 3, "declare_context": True}
+    assert video.init_args == {"size": 2, "context": 3, "declare_context": True, "lookahead": 0}
     path = save_codec(AVCodec(video, CausalLinearAudioCodec(channels=2)), tmp_path / "codec.safetensors")
     rebuilt = load_codec(path)
     assert rebuilt.video.context == 3 and rebuilt.audio.latent_channels == 2
@@ -118,3 +134,59 @@ def test_exports_refuse_codec_classes_outside_trusted_packages_in_one_line(monke
     assert "\n" not in str(error.value)
     monkeypatch.setenv("OMNIFORCING_TRUSTED_PACKAGES", __name__.split(".")[0])
     assert isinstance(instantiate(codec_spec(), AVCodec).video, MovingAverageVideoCodec)
+
+
+def test_an_exact_stream_holds_blocks_back_by_the_lookahead_and_equals_whole_clip_decoding():
+    """Decoders that read ahead (video: 2 latents, audio: 1) change a block's end once later latents exist; an
+    exact decoder holds each block until they do, and its blocks then equal decoding the whole clip."""
+    codec = AVCodec(MovingAverageVideoCodec(context=1, lookahead=2), CentredLinearAudioCodec()).eval()
+    latents = AVLatents(torch.randn(1, 10, 3, 1, 1), torch.randn(1, 76, 4))
+    bounds, audio_bounds = [(0, 1), (1, 4), (4, 7), (7, 10)], [(0, 1), (1, 26), (26, 51), (51, 76)]
+    decoder = IncrementalDecoder(codec, exact=True)
+    assert (decoder.video_lookahead, decoder.audio_lookahead) == (2, 1)
+    ready = [decoder.push(AVLatents(latents.video[:, a:b], latents.audio[:, c:d]))
+             for (a, b), (c, d) in zip(bounds, audio_bounds, strict=True)]
+    assert [len(media) for media in ready] == [0, 1, 1, 1]  # each block waits for the next one
+    media = [pair for pairs in ready for pair in pairs] + decoder.finish()
+    assert len(media) == 4 and decoder.finish() == []
+    video, audio = torch.cat([m[0] for m in media], 1), torch.cat([m[1] for m in media], 1)
+    with torch.no_grad():
+        assert torch.equal(video, to_uint8_video(codec.video.decode(latents.video)))
+        torch.testing.assert_close(audio, codec.audio.decode(latents.audio)[:, 0].clamp(-1, 1))
+    # decoding on arrival is what an exact decoder avoids: the blocks' ends differ from the whole clip
+    eager_video, eager_audio, _ = stream(codec, latents, bounds, audio_bounds)
+    assert not torch.equal(eager_video, video)
+    assert not torch.allclose(eager_audio, audio)
+    with pytest.raises(ValueError, match="push"):
+        decoder.decode(AVLatents(latents.video[:, :3], latents.audio[:, :25]))
+
+
+def test_exact_decoding_changes_nothing_for_causal_codecs():
+    codec = build_codec(codec_spec(context=2)).eval()
+    latents = AVLatents(torch.randn(1, 7, 3, 1, 1), torch.randn(1, 51, 4))
+    decoder = IncrementalDecoder(codec, exact=True)
+    pushed = [decoder.push(AVLatents(latents.video[:, a:b], latents.audio[:, c:d]))
+              for (a, b), (c, d) in (((0, 1), (0, 1)), ((1, 4), (1, 26)), ((4, 7), (26, 51)))]
+    assert [len(media) for media in pushed] == [1, 1, 1] and decoder.finish() == []
+    video, _, _ = stream(codec, latents, [(0, 1), (1, 4), (4, 7)], [(0, 1), (1, 26), (26, 51)])
+    assert torch.equal(torch.cat([m[0][0] for m in pushed], 1), video)
+
+
+def test_the_streaming_engine_delivers_every_block_exactly_with_exact_decode(make_student):
+    """With ``exact_decode`` the engine yields the same blocks, in order, each once its lookahead exists, and
+    the streamed media equal decoding the stream's latents at once."""
+    codec = AVCodec(MovingAverageVideoCodec(context=1, lookahead=2), CentredLinearAudioCodec()).eval()
+    network = make_student(codec)
+    settings = StreamingSettings(video_times=(1.0, 0.5), exact_decode=True)
+    blocks = list(StreamingGenerator(network, codec, settings).stream("a red circle", 3, seed=2))
+    assert [b.index for b in blocks] == [0, 1, 2, 3]
+    latents = AVLatents(torch.cat([b.latents.video for b in blocks], 1),
+                        torch.cat([b.latents.audio for b in blocks], 1))
+    with torch.no_grad():
+        assert torch.equal(torch.cat([b.video for b in blocks]), to_uint8_video(codec.video.decode(latents.video))[0])
+        torch.testing.assert_close(torch.cat([b.audio for b in blocks]),
+                                   codec.audio.decode(latents.audio)[0, 0].clamp(-1, 1))
+    eager = list(StreamingGenerator(network, codec, StreamingSettings(video_times=(1.0, 0.5))).stream(
+        "a red circle", 3, seed=2))
+    assert all(torch.equal(a.latents.video, b.latents.video) for a, b in zip(eager, blocks, strict=True))
+    assert not torch.equal(torch.cat([b.video for b in eager]), torch.cat([b.video for b in blocks]))

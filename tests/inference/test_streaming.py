@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from conftest import patch_linear_codec, patch_mel_codec
+from streaming_helpers import patch_linear_codec, patch_mel_codec
 
 from omniforcing.inference.clips import to_uint8_video
 from omniforcing.inference.stream_settings import StreamingSettings

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import patch_mel_codec
+from streaming_helpers import patch_mel_codec
 
 from omniforcing.data.media import StreamingMp4Writer, read_av
 from omniforcing.inference.stream_settings import StreamingSettings
