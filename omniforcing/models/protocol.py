@@ -125,3 +125,8 @@ class AVBackbone(Protocol):
     def compile_core(self, enabled: bool = True, mode: str | None = None, backend: str = "inductor") -> None:
         """Compile the backbone's tensor work for later forwards (``enabled=False``: eager again)."""
         ...
+
+    def parameter_group(self, name: str) -> str:
+        """Logging group of the parameter ``name`` (as ``named_parameters`` gives it, wrapper prefixes allowed):
+        one of :data:`omniforcing.models.parameter_groups.GROUPS`."""
+        ...

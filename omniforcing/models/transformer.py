@@ -27,6 +27,7 @@ from omniforcing.models.call_rules import cache_plan, check_inputs, full_masks
 from omniforcing.models.geometry import SinkRope, TokenGeometry
 from omniforcing.models.kv_cache import AVKVCache, CachePlan, PrefixPosition
 from omniforcing.models.layers import KV, RMSNorm, TimestepEmbedding, modulate
+from omniforcing.models.parameter_groups import GroupRules, match_group
 from omniforcing.models.layout import (
     AttentionMasks,
     BlockLayout,
@@ -38,6 +39,11 @@ from omniforcing.models.ring import AUDIO_KINDS, VIDEO_KINDS, gather
 from omniforcing.models.rope import RotaryEmbedding
 from omniforcing.models.stream_layer import NUM_MODULATIONS, DualStreamLayer, LayerCall, LayerKV, StreamCall, TextKV
 from omniforcing.models.text import ByteTextEncoder, StreamText, TextContext, TextEncoder
+
+PARAMETER_GROUPS: GroupRules = (("sink", "sinks"), ("cross_attn", "cross"), ("text", "text"), ("video", "video"),
+                                ("audio", "audio"))
+"""First match wins: a stream's cross-modal attention is ``cross`` before it is ``video``; a stream's text
+attention is ``text``."""
 
 
 class StreamEnds(nn.Module):
@@ -335,6 +341,12 @@ class DualStreamTransformer(nn.Module):
         if self._compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # graph outputs of the previous forward are not read again
         return self.core(*args)
+
+    def parameter_group(self, name: str) -> str:
+        """Logging group of a parameter (:mod:`omniforcing.models.parameter_groups`): ``cross`` is the
+        audio<->video attention (``layers.N.{video,audio}.cross_attn``; its zero-initialised gates are rows of
+        each stream's AdaLN modulation and count with that stream), ``text`` the text encoder and text attention."""
+        return match_group(name, PARAMETER_GROUPS, "shared")
 
     def cache_plan(self, cache: AVKVCache, layout: BlockLayout, block: int, has_video: bool,
                    has_audio: bool) -> CachePlan:

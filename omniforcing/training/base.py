@@ -165,12 +165,13 @@ class AVLitModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.log_grad_norms(self.network)
 
-    def log_grad_norms(self, module: nn.Module, prefix: str = "train/grad_norm") -> None:
-        """Log the gradient norm in total and per parameter group (video, audio, cross-modal, sinks, text)."""
+    def log_grad_norms(self, module: AVBackbone, prefix: str = "train/grad_norm") -> None:
+        """Log the gradient norm in total and per parameter group (video, audio, cross-modal, sinks, text), as
+        the backbone groups its parameters (:meth:`~omniforcing.models.protocol.AVBackbone.parameter_group`)."""
         groups: dict[str, float] = {}
         for name, p in module.named_parameters():
             if p.grad is not None:
-                key = parameter_group(name)
+                key = module.parameter_group(name)
                 groups[key] = groups.get(key, 0.0) + float(p.grad.detach().float().pow(2).sum())
         if groups:
             self.log(prefix, math.sqrt(sum(groups.values())), on_step=True)
@@ -228,20 +229,3 @@ def keep_plain_hyperparameters(hparams: dict) -> None:
     """
     for key in [k for k, v in hparams.items() if not _is_plain(v)]:
         del hparams[key]
-
-
-# (substring of a parameter name, logging group), first match wins: a stream's cross-modal attention
-# (``layers.N.video.cross_attn``) is ``cross`` before it is ``video``; text attention inside a stream is ``text``.
-PARAMETER_GROUPS = (("sink", "sinks"), ("cross_attn", "cross"), ("text", "text"), ("video", "video"),
-                    ("audio", "audio"))
-
-
-def parameter_group(name: str) -> str:
-    """Which logging group a parameter name belongs to (``sinks``, ``cross``, ``text``, ``video``, ``audio``).
-
-    ``cross`` is the audio<->video attention (query/key/value/output projections and norms of
-    ``StreamLayer.cross_attn``); its zero-initialised gates are rows of each stream's AdaLN modulation and count
-    with that stream.
-    """
-    lowered = name.lower()
-    return next((group for key, group in PARAMETER_GROUPS if key in lowered), "shared")

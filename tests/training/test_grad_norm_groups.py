@@ -8,20 +8,22 @@ import torch
 
 from omniforcing.models.transformer import DualStreamTransformer
 from omniforcing.training import TeacherLitModule
-from omniforcing.training.base import parameter_group
 
 from test_omniforcing_modules import CLIP, NETWORK, captions_only, tiny_codec, trainer
 
 
 def test_parameter_groups_of_the_backbone():
     network = DualStreamTransformer(**NETWORK, causal=True, num_audio_sinks=2)
-    groups = {name: parameter_group(name) for name, _ in network.named_parameters()}
+    groups = {name: network.parameter_group(name) for name, _ in network.named_parameters()}
     assert groups["layers.0.video.cross_attn.to_q.weight"] == groups["layers.0.audio.cross_attn.to_k.weight"] == "cross"
     assert groups["audio.sinks"] == "sinks"
     assert groups["layers.0.video.text_attn.to_q.weight"] == groups["audio.text.proj.weight"] == "text"
     assert groups["layers.0.video.self_attn.to_q.weight"] == groups["video.proj_in.weight"] == "video"
     assert groups["layers.0.audio.mlp.net.0.weight"] == "audio"
     assert set(groups.values()) == {"cross", "sinks", "text", "video", "audio"}  # nothing falls to "shared"
+    # wrapper prefixes (FSDP, checkpointing, torch.compile) keep the group
+    assert network.parameter_group("_orig_mod.layers.0._checkpoint_wrapped_module.video.cross_attn.to_q.weight") \
+        == "cross"
 
 
 def test_cross_modal_gradient_norm_is_logged(tmp_path):

@@ -57,6 +57,7 @@ from omniforcing.models.ltx2.attention import BLOCK_KINDS, KIND_MODULES, Attenti
 from omniforcing.models.ltx2.config import LTX2Architecture
 from omniforcing.models.ltx2.coords import StreamRope, TokenCoords, batched
 from omniforcing.models.ltx2.text import PromptEncoder
+from omniforcing.models.parameter_groups import GroupRules, match_group
 from omniforcing.models.ring import AUDIO_KINDS, VIDEO_KINDS, gather
 from omniforcing.models.stream_layer import LayerKV, TextKV
 from omniforcing.models.text import TextContext, TextEmbedding
@@ -82,6 +83,17 @@ def run_block(block: nn.Module, processors: dict, calls: dict[str, AttentionCall
     and compiled: the history and masks it reads are its arguments, never state left from an earlier call)."""
     with bound(processors, calls):
         return block(**inputs)
+
+PARAMETER_GROUPS: GroupRules = (
+    ("sinks", "sinks"),
+    ("audio_to_video_attn", "cross"), ("video_to_audio_attn", "cross"), ("a2v", "cross"), ("v2a", "cross"),
+    ("av_cross_attn", "cross"),
+    ("text_encoder", "text"), ("caption_projection", "text"), ("attn2", "text"),
+    ("audio", "audio"),
+)
+"""Diffusers' LTX-2 names, first match wins: the a2v/v2a attention and their modulation are ``cross``; the
+prompt path (our prompt encoder, the caption projections, each stream's text attention ``attn2``) is ``text``;
+names with ``audio`` are the audio stream; the rest (``attn1``, ``ff``, ``proj_in``, ...) is the video stream."""
 
 
 class LTX2Backbone(nn.Module):
@@ -147,6 +159,10 @@ class LTX2Backbone(nn.Module):
         self._compiled_block, self._compile_mode = None, None
 
     # ---------------------------------------------------------------- protocol descriptors
+    def parameter_group(self, name: str) -> str:
+        """Logging group of a parameter (:data:`PARAMETER_GROUPS`)."""
+        return match_group(name, PARAMETER_GROUPS, "video")
+
     @property
     def step_size_conditioning(self) -> bool:
         """Whether forwards take a ``step_size``."""

@@ -142,3 +142,18 @@ def test_fsdp_units_per_block_stream_and_train(make_backbone, make_clip, tmp_pat
             assert any(p.grad is not None for p in network.parameters())
     finally:
         dist.destroy_process_group()
+
+
+def test_every_parameter_has_its_gradient_norm_group(make_backbone):
+    """The a2v/v2a attention and its modulation are ``cross``, the prompt path ``text``; every group is used."""
+    model = make_backbone(num_audio_sinks=2, step_size_conditioning=True)
+    groups = {name: model.parameter_group(name) for name, _ in model.named_parameters()}
+    block = "transformer.transformer_blocks.0."
+    assert groups[block + "audio_to_video_attn.to_q.weight"] == groups[block + "video_to_audio_attn.to_k.weight"] \
+        == groups["transformer.av_cross_attn_video_a2v_gate.linear.weight"] == "cross"
+    assert groups[block + "attn2.to_q.weight"] == groups[block + "audio_attn2.to_v.weight"] == "text"
+    assert groups["transformer.caption_projection.linear_1.weight"] == "text"
+    assert groups[block + "attn1.to_q.weight"] == groups[block + "ff.net.0.proj.weight"] == "video"
+    assert groups[block + "audio_attn1.to_q.weight"] == groups["audio_step.mlp.0.weight"] == "audio"
+    assert groups["audio_sinks"] == "sinks"
+    assert set(groups.values()) == {"cross", "sinks", "text", "video", "audio"}
