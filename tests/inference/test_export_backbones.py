@@ -68,6 +68,9 @@ class WrappedBackbone(nn.Module):
     def compile_core(self, enabled=True, mode=None, backend="inductor"):
         self.core.compile_core(enabled, mode, backend)
 
+    def parameter_group(self, name):
+        return "shared" if name == "output_scale" else self.core.parameter_group(name.removeprefix("core."))
+
     def forward(self, video, audio, t_video, t_audio, text, **kwargs) -> tuple[Tensor | None, Tensor | None]:
         v, a = self.core(video, audio, t_video, t_audio, text, **kwargs)
         return (None if v is None else v * self.output_scale), (None if a is None else a * self.output_scale)
