@@ -33,19 +33,29 @@ class ClipSpec:
         seconds: whole seconds after the lead frame (the number of 1-s macro-blocks after the prefix).
         fps: video frame rate.
         sample_rate: audio sample rate in Hz.
-        size: side of the square video frame in pixels.
+        size: video frame height in pixels, and its width too unless ``width`` is given (square frames).
+        width: video frame width in pixels for frames that are not square (LTX-2 is trained at 512x768:
+            ``size=512, width=768``); ``None`` or ``size``: square.
     """
 
     seconds: int = 2
     fps: int = 24
     sample_rate: int = 16000
     size: int = 32
+    width: int | None = None
 
     def __post_init__(self) -> None:
         if self.seconds < 0:
             raise ValueError(f"ClipSpec.seconds must be >= 0, got {self.seconds}")
+        if self.width == self.size:  # one spelling of a square frame, so equal geometries compare equal
+            object.__setattr__(self, "width", None)
         if self.sample_rate % AUDIO_LATENT_RATE:
             raise ValueError(f"sample_rate must be a multiple of {AUDIO_LATENT_RATE}, got {self.sample_rate}")
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """``(height, width)`` of a video frame in pixels."""
+        return self.size, self.size if self.width is None else self.width
 
     @property
     def num_frames(self) -> int:

@@ -302,10 +302,15 @@ def cost(*, methods: list[str] | None = None, preset: str = "tiny", seconds: int
     return report
 
 
-VARIANTS = {"quality_history_from_clip": "", "quality_history_from_noise": "history from noise: "}
+VARIANTS = {"quality_history_from_clip": "", "quality_history_from_noise": "history from noise: ",
+            "quality_history_from_clip_high_noise": "history from clip, s in {1, 0.75}: "}
 """``quality`` reports of ``benchmarks/mutual_forcing_seeds.sh`` per seed folder, and their rows' prefixes."""
 COMPARED = [("few-step 4", "history from noise: few-step 4"), ("few-step 8", "history from noise: few-step 8"),
-            ("multi-step 48", "history from noise: multi-step 48"), ("few-step 4", "multi-step 48"),
+            ("multi-step 48", "history from noise: multi-step 48"),
+            ("history from clip, s in {1, 0.75}: few-step 4", "few-step 4"),
+            ("history from clip, s in {1, 0.75}: few-step 4", "history from noise: few-step 4"),
+            ("history from clip, s in {1, 0.75}: multi-step 48", "history from noise: multi-step 48"),
+            ("few-step 4", "multi-step 48"),
             ("few-step 8", "multi-step 48"), ("few-step 4", "OmniForcing student 4-step (streaming)"),
             ("multi-step 48", "teacher 48, cfg 1 (bidirectional)")]
 METRICS = ["fd_video_stats", "fd_audio_stats", "av_align", "event_f1_av", "event_timing_ms"]

@@ -82,7 +82,8 @@ def clip_geometry(codec: nn.Module, shards: list[str], seconds: int) -> ClipSpec
     audio = codec.audio if isinstance(codec, AVCodec) else codec if isinstance(codec, AudioCodec) else None
     return ClipSpec(seconds, fps=video.fps if video else int(meta.get("fps", 24)),
                     sample_rate=audio.sample_rate if audio else int(meta.get("sample_rate", 16000)),
-                    size=video.size[0] if video else int(meta.get("size", 32)))  # type: ignore[union-attr]
+                    size=video.size[0] if video else int(meta.get("size", 32)),  # type: ignore[union-attr]
+                    width=video.size[1] if video else meta.get("width"))  # type: ignore[union-attr]
 
 
 def encode(*, source: str, codec: str, out: Path, seconds: int = 2, stride_seconds: int = 1, shard_size: int = 256,
@@ -163,7 +164,7 @@ def codec_stats(shards: str, *, codec: str, out: Path, seconds: int = 2, max_win
             raise InvalidInputError(f"{type(part).__name__} has no latent normalisation to fit")
     files = resolve_shards(shards)
     spec = clip_geometry(model, files, seconds)
-    windows, skipped = plan_windows(files, seconds, seconds, spec.fps, spec.sample_rate, spec.size)
+    windows, skipped = plan_windows(files, seconds, seconds, spec.fps, spec.sample_rate, spec.frame_size)
     raw: list[list[torch.Tensor]] = [[] for _ in parts]
     for _, _, video, audio in iter_window_batches(windows[:max_windows], spec, batch_size, skipped):
         for store, part in zip(raw, parts, strict=True):

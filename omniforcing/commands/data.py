@@ -12,10 +12,10 @@ from omniforcing.errors import InvalidInputError, check_positive
 from omniforcing.types import ClipSpec
 
 
-def clip_spec(seconds: int, fps: int, sample_rate: int, size: int) -> ClipSpec:
+def clip_spec(seconds: int, fps: int, sample_rate: int, size: int, width: int | None = None) -> ClipSpec:
     """The clip geometry of the flags; a combination :class:`ClipSpec` refuses is an ``InvalidInputError``."""
     try:
-        return ClipSpec(seconds=seconds, fps=fps, sample_rate=sample_rate, size=size)
+        return ClipSpec(seconds=seconds, fps=fps, sample_rate=sample_rate, size=size, width=width)
     except ValueError as error:
         raise InvalidInputError(str(error)) from error
 
@@ -65,7 +65,7 @@ def synth(*, out: Path, clips: int, seconds: int, seed: int = 0, shard_size: int
 
 
 def pack(src: Path, *, out: Path, seconds: int = 2, fps: int = 24, sample_rate: int = 16000, size: int = 32,
-         shard_size: int = 100, workers: int | None = None) -> None:
+         width: int | None = None, shard_size: int = 100, workers: int | None = None) -> None:
     """Cut every media file under SRC into clips, convert rates and size, and write WebDataset shards.
 
     Captions come from a sidecar ``NAME.txt`` or ``NAME.json`` (key ``caption``) beside each file, else from
@@ -78,14 +78,16 @@ def pack(src: Path, *, out: Path, seconds: int = 2, fps: int = 24, sample_rate: 
         seconds: seconds per clip after the lead frame.
         fps: output frame rate.
         sample_rate: output audio rate in Hz (mono).
-        size: output frame side in pixels (scaled and centre-cropped).
+        size: output frame height in pixels, and width unless ``width`` is given (scaled to cover the frame,
+            then centre-cropped).
+        width: output frame width in pixels for frames that are not square (LTX-2: ``--size 512 --width 768``).
         shard_size: clips per shard.
         workers: worker processes (default: chosen from the number of files; 0 = none).
     """
     logging.getLogger("omniforcing.data.packing").setLevel(logging.ERROR)  # skips are listed in the summary below
-    check_positive(seconds=seconds, fps=fps, sample_rate=sample_rate, size=size, shard_size=shard_size)
+    check_positive(seconds=seconds, fps=fps, sample_rate=sample_rate, size=size, width=width, shard_size=shard_size)
     check_workers(workers)
-    spec = clip_spec(seconds, fps, sample_rate, size)
+    spec = clip_spec(seconds, fps, sample_rate, size, width)
     report = pack_folder(src, out, spec, shard_size, workers)
     print(f"packed {report.clips} clips from {report.files - len(report.skipped)} of {report.files} files "
           f"into {len(report.shards)} shards in {out}")

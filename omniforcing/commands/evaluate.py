@@ -217,7 +217,7 @@ def format_result(result: dict[str, Any]) -> str:
     clip = result["clip"]
     table = Table(f"{result['fake']} vs {result['real']}", ["metric", "generated", "real"],
                   notes=f"N real {result['n_real']}, N fake {result['n_fake']}; clips of {clip['seconds']} s + lead at "
-                        f"{clip['fps']} fps / {clip['sample_rate']} Hz / {clip['size']} px; skipped real: "
+                        f"{clip['fps']} fps / {clip['sample_rate']} Hz / {clip['size']}x{clip.get('width') or clip['size']} px; skipped real: "
                         f"{result['skipped_real']}, fake: {result['skipped_fake']}. Fréchet values are comparable "
                         f"only at equal N and extractor fingerprint.")
     for key, value in result["metrics"].items():

@@ -133,8 +133,8 @@ def decode_media(sample: dict[str, Any], meta: dict[str, Any], spec: ClipSpec,
         raise BadSampleError(f"stored rates {clip.fps:g} fps / {clip.sample_rate} Hz "
                              f"!= {spec.fps} / {spec.sample_rate}")
     height, width = clip.video.shape[1:3]
-    if (height, width) != (spec.size, spec.size):
-        raise BadSampleError(f"frame size {height}x{width} != {spec.size}x{spec.size}")
+    if (height, width) != spec.frame_size:
+        raise BadSampleError(f"frame size {height}x{width} != {spec.frame_size[0]}x{spec.frame_size[1]}")
     audio = to_mono(clip.audio)
     start = choose_start_frame(clip.video.shape[0], audio.shape[-1], spec, rng)
     first_sample = start * spec.sample_rate // spec.fps

@@ -95,15 +95,21 @@ def stored_seconds(meta: dict[str, Any], members: dict[str, bytes], fps: int, sa
     return min((frames - 1) // fps, (samples - sample_rate // AUDIO_LATENT_RATE) // sample_rate)
 
 
-def check_stored_geometry(meta: dict[str, Any], fps: int, sample_rate: int, size: int | None) -> None:
-    """Raise :class:`BadSampleError` when the json states another frame rate, sample rate or frame size."""
-    for name, want in (("fps", fps), ("sample_rate", sample_rate), ("size", size)):
-        if want is not None and name in meta and int(meta[name]) != want:
+def check_stored_geometry(meta: dict[str, Any], fps: int, sample_rate: int,
+                          frame_size: tuple[int, int] | None) -> None:
+    """Raise :class:`BadSampleError` when the json states another frame rate, sample rate or frame size
+    (``size`` is the height; ``width``, absent in shards of square frames, defaults to it)."""
+    for name, want in (("fps", fps), ("sample_rate", sample_rate)):
+        if name in meta and int(meta[name]) != want:
             raise BadSampleError(f"{name} {meta[name]} != the codec's {want}")
+    if frame_size is not None and "size" in meta:
+        stored = (int(meta["size"]), int(meta.get("width", meta["size"])))
+        if stored != tuple(frame_size):
+            raise BadSampleError(f"frame size {stored[0]}x{stored[1]} != the codec's {frame_size[0]}x{frame_size[1]}")
 
 
 def plan_windows(shards: list[str], seconds: int, stride_seconds: int, fps: int, sample_rate: int,
-                 size: int | None = None) -> tuple[list[LatentWindow], list[str]]:
+                 frame_size: tuple[int, int] | None = None) -> tuple[list[LatentWindow], list[str]]:
     """Every window of ``seconds`` at offsets ``0, stride, ...`` of every media sample, in shard order.
 
     Args:
@@ -112,7 +118,7 @@ def plan_windows(shards: list[str], seconds: int, stride_seconds: int, fps: int,
         stride_seconds: seconds between consecutive window offsets of one stored clip.
         fps: frame rate the media must have.
         sample_rate: sample rate the media must have.
-        size: frame size the media must have (``None``: not checked).
+        frame_size: ``(height, width)`` the media must have (``None``: not checked).
 
     Returns:
         ``(windows, skipped)``: the windows, and ``"shard key: reason"`` for samples that cannot be used
@@ -129,7 +135,7 @@ def plan_windows(shards: list[str], seconds: int, stride_seconds: int, fps: int,
                     if "mp4" not in members:
                         raise BadSampleError("not a media sample (no mp4 member)")
                     meta = parse_metadata(members)
-                    check_stored_geometry(meta, fps, sample_rate, size)
+                    check_stored_geometry(meta, fps, sample_rate, frame_size)
                     length = stored_seconds(meta, members, fps, sample_rate)
                     if length < seconds:
                         raise BadSampleError(f"too short: {length} s stored, a window needs {seconds} s")
@@ -180,7 +186,8 @@ class WindowReader:
         if self._clip is None or self._clip[:2] != (window.shard, window.key):
             members = self._members(window.shard, window.key)
             meta = parse_metadata(members)
-            whole = ClipSpec(window.stored_seconds, self.spec.fps, self.spec.sample_rate, self.spec.size)
+            whole = ClipSpec(window.stored_seconds, self.spec.fps, self.spec.sample_rate, self.spec.size,
+                             self.spec.width)
             example = decode_media({"__key__": window.key, **members}, meta, whole, None)
             assert example.video is not None and example.audio is not None
             self._clip = (window.shard, window.key, meta, example.video, example.audio)
@@ -284,14 +291,14 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     codec = codec.to(device).eval()
-    spec = ClipSpec(seconds, codec.video.fps, codec.audio.sample_rate, codec.video.size[0])
-    windows, skipped = plan_windows(shards, seconds, stride_seconds, spec.fps, spec.sample_rate, spec.size)
+    spec = ClipSpec(seconds, codec.video.fps, codec.audio.sample_rate, *codec.video.size)
+    windows, skipped = plan_windows(shards, seconds, stride_seconds, spec.fps, spec.sample_rate, spec.frame_size)
     if not windows:
         raise InvalidInputError(f"no window of {seconds} s in {len(shards)} shards: {'; '.join(skipped[:5])}")
     settings = {"kind": "latents", "sources": [str(Path(s).resolve()) for s in shards], "windows": len(windows),
                 "seconds": seconds, "stride_seconds": stride_seconds, "shard_size": shard_size, "dtype": dtype,
                 "fps": spec.fps, "sample_rate": spec.sample_rate, "size": spec.size,
-                "video_latent_rate": codec.video.latent_rate, "codec_fingerprint": codec_fingerprint(codec),
+                "width": spec.frame_size[1], "video_latent_rate": codec.video.latent_rate, "codec_fingerprint": codec_fingerprint(codec),
                 "codec": codec_config(codec),
                 "text_encoder": prompt_encoder.description() if prompt_encoder is not None else None}
     manifest = check_resume(out, json.loads(json.dumps(settings)))  # JSON types, as an earlier manifest has

@@ -256,25 +256,26 @@ def retime_video(video: Tensor, frame_times: Tensor, fps: float, start: float, n
     return video[frame_indices_at(frame_times, times)]
 
 
-def resize_center_crop(video: Tensor, size: int) -> Tensor:
-    """Scale the shorter side to ``size`` (antialiased bilinear) and crop the centre square.
+def resize_center_crop(video: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Scale the frames to just cover ``size`` (antialiased bilinear, aspect kept) and crop the centre.
 
     Args:
         video: ``(T, H, W, 3)`` uint8.
-        size: output side in pixels.
+        size: output side in pixels (square), or ``(height, width)``.
 
     Returns:
-        ``(T, size, size, 3)`` uint8.
+        ``(T, height, width, 3)`` uint8.
     """
+    out_h, out_w = (size, size) if isinstance(size, int) else size
     _, height, width, _ = video.shape
-    scale = size / min(height, width)
-    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    scale = max(out_h / height, out_w / width)
+    new_h, new_w = max(out_h, round(height * scale)), max(out_w, round(width * scale))
     if (new_h, new_w) != (height, width):
         x = video.permute(0, 3, 1, 2).float()
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
         video = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return video[:, top : top + size, left : left + size].contiguous()
+    top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+    return video[:, top : top + out_h, left : left + out_w].contiguous()
 
 
 def _as_audio_array(audio: Tensor | np.ndarray) -> np.ndarray:

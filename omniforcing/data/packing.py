@@ -100,7 +100,7 @@ def cut_clips(media: MediaClip, spec: ClipSpec) -> list[tuple[float, torch.Tenso
         spec: clip geometry (target fps, sample rate, size, seconds).
 
     Returns:
-        ``(start_time, video (T, size, size, 3) uint8, audio (S,) float32 mono)`` per clip; empty if too short.
+        ``(start_time, video (T, height, width, 3) uint8, audio (S,) float32 mono)`` per clip; empty if too short.
     """
     assert media.audio is not None
     audio = resample_audio(to_mono(media.audio), media.sample_rate, spec.sample_rate)[0]
@@ -110,7 +110,7 @@ def cut_clips(media: MediaClip, spec: ClipSpec) -> list[tuple[float, torch.Tenso
     if spare < 0:
         return []
     count = int(np.floor(spare / spec.seconds + 1e-9)) + 1 if spec.seconds else 1
-    frames = resize_center_crop(media.video, spec.size)
+    frames = resize_center_crop(media.video, spec.frame_size)
     clips = []
     for k in range(count):
         t0 = start + k * spec.seconds
@@ -126,7 +126,7 @@ def pack_file(path: Path, root: Path, spec: ClipSpec, crf: int = DEFAULT_CRF) ->
     """Decode, convert and cut one file into encoded clips (``{"mp4", "json"}`` members); never raises."""
     relative = str(path.relative_to(root))
     try:
-        media = read_av(path, short_side=spec.size)
+        media = read_av(path, short_side=max(spec.frame_size))  # covers the crop for any aspect
         clips = cut_clips(media, spec)
     except NoAudioStreamError:
         return FileResult(relative, reason="no audio stream")
@@ -143,7 +143,7 @@ def pack_file(path: Path, root: Path, spec: ClipSpec, crf: int = DEFAULT_CRF) ->
     for t0, video, audio in clips:
         meta = {"caption": caption, "source": relative, "source_start": round(t0, 6), "fps": spec.fps,
                 "sample_rate": spec.sample_rate, "seconds": spec.seconds, "size": spec.size,
-                "num_frames": spec.num_frames, "num_samples": spec.num_samples, "events": []}
+                "width": spec.frame_size[1], "num_frames": spec.num_frames, "num_samples": spec.num_samples, "events": []}
         mp4 = encode_mp4(video, spec.fps, audio, spec.sample_rate, crf)
         result.clips.append({"mp4": mp4, "json": json_bytes(meta)})
     return result
@@ -195,6 +195,7 @@ def pack_folder(src: str | Path, out: str | Path, spec: ClipSpec, shard_size: in
     manifest: dict[str, Any] = {"kind": "packed", "source": str(root), "samples": sink.count, "shards": sink.shards,
                                 "files": len(files), "skipped": [list(s) for s in report.skipped],
                                 "seconds": spec.seconds, "fps": spec.fps, "sample_rate": spec.sample_rate,
-                                "size": spec.size, "num_frames": spec.num_frames, "num_samples": spec.num_samples}
+                                "size": spec.size, "width": spec.frame_size[1], "num_frames": spec.num_frames,
+                                "num_samples": spec.num_samples}
     write_manifest(out, manifest)
     return report

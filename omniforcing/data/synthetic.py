@@ -180,7 +180,12 @@ def synthesize_clip(seed: int, index: int, spec: ClipSpec, settings: SceneSettin
 
     Returns:
         The clip with its metadata (events sorted by time, times in seconds from frame 0).
+
+    Raises:
+        ValueError: ``spec`` has frames that are not square (the scenes are drawn in a unit square).
     """
+    if spec.width is not None:
+        raise ValueError(f"synthetic clips are square: got a {spec.size}x{spec.width} ClipSpec; leave width unset")
     settings = settings or SceneSettings()
     rng = clip_rng(seed, index)
     objects = sample_objects(rng, settings)

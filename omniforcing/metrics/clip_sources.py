@@ -164,7 +164,7 @@ def conform_media(media: MediaClip, spec: ClipSpec) -> tuple[Tensor, Tensor]:
     if video_span < (spec.num_frames - 0.5) / spec.fps:
         raise BadSampleError(f"too short: {video_span:.3f} s of video, "
                              f"the clip needs {spec.num_frames / spec.fps:.3f} s")
-    frames = retime_video(resize_center_crop(media.video, spec.size), media.frame_times, spec.fps, start,
+    frames = retime_video(resize_center_crop(media.video, spec.frame_size), media.frame_times, spec.fps, start,
                           spec.num_frames)
     audio = resample_audio(to_mono(media.audio), media.sample_rate, spec.sample_rate)
     first = round((start - media.audio_start) * spec.sample_rate)

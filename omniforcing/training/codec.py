@@ -189,10 +189,9 @@ class CodecLitModule(L.LightningModule):
 def check_clip_matches_codec(clip: ClipSpec, codec: VideoCodec | AudioCodec) -> None:
     """The datamodule's clips must have the codec's frame size and frame rate (video) or sample rate (audio)."""
     if isinstance(codec, VideoCodec):
-        expected, actual = (codec.size[0], codec.fps), (clip.size, clip.fps)  # type: ignore[attr-defined]
-        what = "size, fps"
+        height, width = codec.size  # type: ignore[attr-defined]
+        expected, actual = f"{height}x{width} at {codec.fps} fps", f"{clip.size}x{clip.frame_size[1]} at {clip.fps} fps"
     else:
-        expected, actual = (codec.sample_rate,), (clip.sample_rate,)
-        what = "sample_rate"
+        expected, actual = f"{codec.sample_rate} Hz", f"{clip.sample_rate} Hz"
     if expected != actual:
-        raise ValueError(f"clip ({what}) {actual} does not match the codec's {expected}; set data.init_args.clip")
+        raise ValueError(f"clip {actual} does not match the codec's {expected}; set data.init_args.clip")

@@ -93,7 +93,7 @@ def test_codec_stats_normalise_latents_to_zero_mean_and_unit_std(media_shards, t
               "audio": MelAudioCodec(checkpoint=str(out.with_name("patch_audio.safetensors")))}
     assert load_codec(out).video.normalizer.is_fitted  # the AV file itself, usable as --codec
     spec = ClipSpec(seconds=1)
-    windows, _ = plan_windows(resolve_shards(str(media_shards)), 1, 1, spec.fps, spec.sample_rate, spec.size)
+    windows, _ = plan_windows(resolve_shards(str(media_shards)), 1, 1, spec.fps, spec.sample_rate, spec.frame_size)
     batches = list(iter_window_batches(windows, spec, batch_size=8))
     for name, codec in codecs.items():
         latents = torch.cat([codec.encode(video if name == "video" else audio) for _, _, video, audio in batches])

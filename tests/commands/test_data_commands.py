@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from omniforcing.cli import main
+from omniforcing.data.latent_shards import plan_windows
 from omniforcing.data.media import encode_mp4, write_mp4
 
 
@@ -37,3 +38,19 @@ def test_data_pack_lists_skipped_files(tmp_path, capsys):
     main(["data", "inspect", str(out)])
     report = capsys.readouterr().out
     assert "16x16 (1)" in report and "street music" in report
+
+
+def test_data_pack_writes_frames_that_are_not_square_and_a_codec_reads_them(tmp_path, capsys):
+    src = tmp_path / "src"
+    frames = np.random.default_rng(0).integers(0, 255, (40, 40, 60, 3), dtype=np.uint8)
+    write_mp4(src / "street_music.mp4", frames, 20, np.zeros(44100 * 2, np.float32), 44100)
+    out = tmp_path / "packed"
+    main(["data", "pack", str(src), "--out", str(out), "--seconds", "1", "--size", "16", "--width", "24",
+          "--sample-rate", "16000", "--workers", "0"])
+    assert "packed 1 clips" in capsys.readouterr().out
+    main(["data", "inspect", str(out)])
+    assert "16x24 (1)" in capsys.readouterr().out
+    shards = sorted(str(p) for p in out.glob("*.tar"))
+    wide, _ = plan_windows(shards, 1, 1, 24, 16000, frame_size=(16, 24))
+    square, skipped = plan_windows(shards, 1, 1, 24, 16000, frame_size=(16, 16))
+    assert len(wide) == 1 and not square and "frame size 16x24 != the codec's 16x16" in skipped[0]

@@ -40,7 +40,7 @@ def test_real_shards_vs_mp4_folder_writes_metrics_json(tmp_path, capsys):
     out = tmp_path / "metrics.json"
     main(["evaluate", "--real", str(tmp_path / "real"), "--fake", str(fake), "--seconds", "1", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert result["clip"] == {"seconds": 1, "fps": 24, "sample_rate": 16000, "size": 32}
+    assert result["clip"] == {"seconds": 1, "fps": 24, "sample_rate": 16000, "size": 32, "width": None}
     assert (result["n_real"], result["n_fake"]) == (2, 2)
     assert "too short" in result["skipped_fake"] and result["skipped_real"] == "0 skipped"
     metrics = result["metrics"]

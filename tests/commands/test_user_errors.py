@@ -40,6 +40,8 @@ def test_data_subcommands(tmp_path, capsys):
                                                                   "--clips", "1", "--seconds", "-3"])
     assert "--workers must be >= 0" in user_error(capsys, ["data", "pack", str(tmp_path), "--out", str(tmp_path / "out"),
                                                            "--workers", "-1"])
+    assert "--width must be > 0, got 0" in user_error(capsys, ["data", "pack", str(tmp_path), "--out",
+                                                               str(tmp_path / "out"), "--width", "0"])
     assert "sample_rate must be a multiple of 25" in user_error(capsys, [
         "data", "synth", "--out", str(tmp_path / "s"), "--clips", "1", "--seconds", "1", "--sample-rate", "16001"])
     assert "no shard files match" in user_error(capsys, ["data", "encode", "--in", missing, "--codec",

@@ -137,5 +137,5 @@ def test_clip_longer_than_the_windows_and_media_shards_are_refused(learned_laten
 
 def test_media_of_another_frame_size_gives_no_window(tiny_shards, tmp_path):
     codec = AVCodec(PatchVideoCodec(size=16), MelAudioCodec()).eval()
-    with pytest.raises(InvalidInputError, match="no window of 1 s.*size 32 != the codec's 16"):
+    with pytest.raises(InvalidInputError, match="no window of 1 s.*frame size 32x32 != the codec's 16x16"):
         encode_latent_shards(codec, resolve_shards(str(tiny_shards)), tmp_path, seconds=1, progress=False)

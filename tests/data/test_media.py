@@ -107,6 +107,17 @@ def test_resize_center_crop_keeps_the_centre():
     assert out[0, :, 15, 0].min() > 200 and out[0, :, 0, 0].max() < 10
 
 
+@pytest.mark.parametrize(("height", "width"), [(20, 40), (40, 20), (60, 100)])
+def test_resize_center_crop_to_frames_that_are_not_square_covers_then_crops_the_centre(height, width):
+    video = torch.zeros(1, 60, 100, 3, dtype=torch.uint8)
+    video[:, :, 45:55] = 255  # a vertical bar in the middle
+    video[:, 25:35, :, 1] = 255  # a horizontal bar in the middle (green)
+    out = resize_center_crop(video, (height, width))
+    assert out.shape == (1, height, width, 3)
+    assert out[0, :, width // 2, 0].min() > 200 and out[0, height // 2, :, 1].min() > 200
+    assert out[0, 0, 0].max() < 10 and out[0, -1, -1].max() < 10  # corners stay background: nothing stretched in
+
+
 def test_mono_and_resampling_keep_the_tone():
     rate, tone = 11024, 440.0
     t = np.arange(rate) / rate

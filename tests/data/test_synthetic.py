@@ -36,6 +36,13 @@ def test_clips_are_deterministic_per_seed_and_index():
     assert a.audio.dtype == np.float32 and np.abs(a.audio).max() <= 0.9 + 1e-6
 
 
+def test_clip_geometry_spells_a_square_one_way_and_synthetic_clips_refuse_other_frames():
+    assert ClipSpec(size=32, width=32) == ClipSpec(size=32) and ClipSpec(size=32).frame_size == (32, 32)
+    assert ClipSpec(size=16, width=24).frame_size == (16, 24)
+    with pytest.raises(ValueError, match="synthetic clips are square"):
+        synthesize_clip(0, 0, ClipSpec(seconds=1, size=16, width=24))
+
+
 def test_synth_shards_are_identical_for_the_same_seed(tmp_path):
     for name in ("a", "b"):
         write_synthetic_shards(tmp_path / name, 3, ClipSpec(seconds=1), seed=9, shard_size=2, workers=0, progress=False)

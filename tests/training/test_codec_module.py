@@ -80,7 +80,7 @@ def test_audio_codec_module_logs_spectral_convergence_and_sound(tmp_path):
 def test_codec_module_rejects_unusable_settings():
     with pytest.raises(ValueError, match="PatchVideoCodec has no training objective"):
         CodecLitModule(PatchVideoCodec())
-    with pytest.raises(ValueError, match=r"clip \(size, fps\) \(64, 24\) does not match the codec's \(32, 24\)"):
+    with pytest.raises(ValueError, match="clip 64x64 at 24 fps does not match the codec's 32x32 at 24 fps"):
         CodecLitModule(CausalVideoAutoencoder(widths=(4, 8, 8), group_width=16), clip=ClipSpec(size=64))
     with pytest.raises(ValueError, match="its mel codec has no fitted statistics"):
         CodecLitModule(MelAutoencoder(MelAudioCodec(), hidden_channels=16))
