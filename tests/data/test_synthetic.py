@@ -119,11 +119,11 @@ def test_visual_impacts_match_event_times(index):
     y = track["y"]
     lowest = [k / fps for k in range(1, len(y) - 1) if y[k] > y[k - 1] and y[k] >= y[k + 1] and track["floor"][k] <= 3]
     assert len(lowest) >= 1
-    for time in lowest:  # every time the object is seen at its lowest point on the floor is a floor event
-        assert np.abs(floor_events - time).min() <= 1 / fps
+    for seen in lowest:  # every time the object is seen at its lowest point on the floor is a floor event
+        assert np.abs(floor_events - seen).min() <= 1 / fps
     inner = floor_events[(floor_events > 1.5 / fps) & (floor_events < (len(y) - 2.5) / fps)]
-    for time in inner:  # and every floor event is seen as such a lowest point
-        assert min(abs(np.array(lowest) - time)) <= 1 / fps
+    for heard in inner:  # and every floor event is seen as such a lowest point
+        assert min(abs(np.array(lowest) - heard)) <= 1 / fps
 
 
 @pytest.mark.parametrize(("settings", "min_heard"), [(ONE_OBJECT, 1.0), (SceneSettings(), 0.8)],
