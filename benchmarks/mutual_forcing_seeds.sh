@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Mutual Forcing results of docs/mutual_forcing.md, re-measured over seeds (issue 14 item 1):
-# for each seed, the three Mutual Forcing stages with the default history (from the real clip), with the
-# `history_from_noise` ablation and with `history_from_clip_high_noise` (the real clip noised to s in {1, 0.75}), the OmniForcing chain at the same size (its teacher is the teacher row), then the
+# for each seed, the three Mutual Forcing stages with the default history (from the real clip noised to s in
+# {1, 0.75}), with the `history_from_noise` ablation and with `history_from_clip_low_noise` (s in {0.75, 0.5, 0.25},
+# the default before 2026-12-05), the OmniForcing chain at the same size (its teacher is the teacher row), then the
 # quality table of each. Training and sampling share the seed. Resumable: a finished run is skipped.
 #
 #   bash benchmarks/mutual_forcing_seeds.sh [OUT=runs/mutual_forcing_seeds] [SEEDS="0 1 2"]
@@ -18,7 +19,7 @@ PAIRS=${PAIRS:-256} STAGE3=${STAGE3_STEPS:-150} CLIPS=${CLIPS:-32}   # smaller v
 export OMP_NUM_THREADS=1
 TEXT='["--model.init_args.network.init_args.text_max_length=64"]'
 ABLATION='["--model.init_args.network.init_args.text_max_length=64", "-c", "recipes/mutual_forcing/ablations/history_from_noise.yaml"]'
-HIGH_NOISE='["--model.init_args.network.init_args.text_max_length=64", "-c", "recipes/mutual_forcing/ablations/history_from_clip_high_noise.yaml"]'
+LOW_NOISE='["--model.init_args.network.init_args.text_max_length=64", "-c", "recipes/mutual_forcing/ablations/history_from_clip_low_noise.yaml"]'
 mkdir -p "$OUT"
 
 mutual_forcing() {  # $1 out, $2 seed, $3 overrides
@@ -49,7 +50,7 @@ quality() {  # $1 json out, $2 seed, rest: arguments
 for seed in $SEEDS; do
     mutual_forcing "$OUT/seed$seed/history_from_clip" "$seed" "$TEXT"
     mutual_forcing "$OUT/seed$seed/history_from_noise" "$seed" "$ABLATION"
-    mutual_forcing "$OUT/seed$seed/history_from_clip_high_noise" "$seed" "$HIGH_NOISE"
+    mutual_forcing "$OUT/seed$seed/history_from_clip_low_noise" "$seed" "$LOW_NOISE"
     omniforcing "$OUT/seed$seed/omniforcing" "$seed"
     OF="$OUT/seed$seed/omniforcing/pipeline.json"
     quality "$OUT/seed$seed/quality_history_from_clip.json" "$seed" \
@@ -57,6 +58,6 @@ for seed in $SEEDS; do
         --teacher "$(checkpoint "$OF" teacher)" --teacher_cfg '[1.0, 3.0]' --student "$(checkpoint "$OF" stage3)"
     quality "$OUT/seed$seed/quality_history_from_noise.json" "$seed" \
         --checkpoint "$OUT/seed$seed/history_from_noise/exported"
-    quality "$OUT/seed$seed/quality_history_from_clip_high_noise.json" "$seed" \
-        --checkpoint "$OUT/seed$seed/history_from_clip_high_noise/exported"
+    quality "$OUT/seed$seed/quality_history_from_clip_low_noise.json" "$seed" \
+        --checkpoint "$OUT/seed$seed/history_from_clip_low_noise/exported"
 done

@@ -50,8 +50,8 @@ def read_seed_reports(runs: Path, prefixes: dict[str, str], shared_rows: tuple[s
         runs: the folder holding one ``seed<N>`` folder per seed.
         prefixes: report file stem -> prefix of its row names (``""``: keep the names), so rows of two variants
             of one benchmark (say the default objective and an ablation) stay apart.
-        shared_rows: rows that every file holds alike (the real-data row): kept once, from the first file, with
-            their own name.
+        shared_rows: rows that do not depend on the variant (the real clips, a baseline measured once per
+            seed): kept once per seed under their own name, from the first file that holds them.
 
     Raises:
         FileNotFoundError: no seed folder holds any of the reports.

@@ -229,11 +229,21 @@ class HistoryFromRealClip(HistorySource):
     block that the multi-step mode regresses is a plausible continuation of it. ``s`` is drawn per block from the
     shared generator (it sets the number of forwards, which must agree across ranks under FSDP).
 
+    The default draws ``s`` from the grid's first two times (1.0 and 0.75 for the 4-step grid): at ``s = 1`` the
+    block is the model's own sample given the history before it, as every block is when it streams; at 0.75 it
+    keeps the real block's layout, so the history as a whole still leads to the real next block. Starting only below 1 (0.75, 0.5, 0.25, the default until 2026-12-05) gives histories closer to the
+    data than any the model streams from, and cost 130-155 in few-step video stats FD over five seeds
+    (docs/mutual_forcing.md, "Results over seeds"); it is kept as an ablation
+    (``recipes/mutual_forcing/ablations/history_from_clip_low_noise.yaml``).
+
     Args:
         start_times: flow times ``s`` a history block starts from, drawn uniformly per block (``None`` = the
-            few-step grid's times below its first, e.g. 0.75, 0.5, 0.25 for the 4-step grid; ``s = 1`` would be
-            pure noise, i.e. :class:`HistoryFromNoise`). Choose times the few-step mode is distilled at.
+            few-step grid's first two times; ``[1.0]`` alone is pure noise, i.e. :class:`HistoryFromNoise`).
+            Choose times the few-step mode is distilled at.
     """
+
+    DEFAULT_STARTS = 2
+    """``start_times=None``: this many of the grid's first times."""
 
     def __init__(self, start_times: list[float] | None = None) -> None:
         if start_times is not None and (not start_times or not all(0 < t <= 1 for t in start_times)):
@@ -241,10 +251,12 @@ class HistoryFromRealClip(HistorySource):
         self.start_times = None if start_times is None else tuple(float(t) for t in start_times)
 
     def draw_start_time(self, times: BlockTimes, shared_generator: torch.Generator | None) -> float:
-        """One start time from ``start_times`` (default: the grid's times after its first)."""
-        choices = self.start_times or times.items()[0][1][1:]
-        if not choices:
-            raise ValueError("a one-step grid has no time below its first: give HistoryFromRealClip start_times")
+        """One start time from ``start_times`` (default: the grid's first two times)."""
+        grid = times.items()[0][1]
+        if self.start_times is None and len(grid) < self.DEFAULT_STARTS:
+            raise ValueError("a one-step grid starts only from noise, which ignores the real clip: give "
+                             "HistoryFromRealClip start_times")
+        choices = self.start_times or grid[:self.DEFAULT_STARTS]
         return float(choices[int(torch.randint(len(choices), (1,), generator=shared_generator))])
 
     def write_block(self, blocks: BlockGenerator, real: AVLatents, block: int, generator: torch.Generator | None,

@@ -174,13 +174,14 @@ def test_history_start_times_come_from_the_grid_and_the_shared_generator():
     times = BlockTimes.of((1.0, 0.75, 0.5, 0.25))
     source = HistoryFromRealClip()
     draws = [source.draw_start_time(times, torch.Generator().manual_seed(s)) for s in range(30)]
-    assert set(draws) == {0.75, 0.5, 0.25}
+    assert set(draws) == {1.0, 0.75}  # the default: the grid's first two times
     assert draws == [source.draw_start_time(times, torch.Generator().manual_seed(s)) for s in range(30)]
     assert {HistoryFromRealClip([0.6]).draw_start_time(times, None)} == {0.6}
     with pytest.raises(ValueError, match="start_times"):
         HistoryFromRealClip([0.0])
-    with pytest.raises(ValueError, match="one-step grid"):
+    with pytest.raises(ValueError, match="one-step grid starts only from noise"):
         source.draw_start_time(BlockTimes.of((1.0,)), None)
+    assert {HistoryFromRealClip([1.0]).draw_start_time(BlockTimes.of((1.0,)), None)} == {1.0}
 
 
 def test_teacher_forced_history_is_the_real_clip():

@@ -12,8 +12,10 @@ these values still hold, so that change kept the numbers too.
 
 Mutual Forcing's history now follows the real clip (issue 14, item 1), which changes its numbers: the cases
 ``mutual_forcing_*_history_from_noise`` run the old history (``HistoryFromNoise``, the ablation) and still give
-the values recorded at 294d32c; ``mutual_forcing_trajectory`` and ``mutual_forcing_dmd`` (the default,
-``HistoryFromRealClip``) were recorded when that change was made, with this file's ``__main__``.
+the values recorded at 294d32c; ``mutual_forcing_*_low_noise`` (``HistoryFromRealClip`` starting at 0.75, 0.5
+or 0.25, the first default after that change) were recorded when that change was made, and
+``mutual_forcing_trajectory`` and ``mutual_forcing_dmd`` (today's default, starting at 1 or 0.75) when the
+default changed on 2026-12-05, each with this file's ``__main__``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from omniforcing.methods.dmd import DistributionMatching
 from omniforcing.methods.mutual_forcing import MutualForcing
 from omniforcing.methods.self_forcing import SelfForcing
 from omniforcing.models.transformer import DualStreamTransformer
-from omniforcing.sampling.dual_mode import DualModes, HistoryFromNoise, HistorySource, stream_blocks
+from omniforcing.sampling.dual_mode import (DualModes, HistoryFromNoise, HistoryFromRealClip, HistorySource,
+                                            stream_blocks)
 from omniforcing.sampling.few_step import sample_few_step
 from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.types import AVLatents
@@ -148,10 +151,15 @@ def whole_clip() -> dict[str, list[float]]:
             "simulated_video": digest(simulated.video), "simulated_audio": digest(simulated.audio)}
 
 
+LOW_NOISE = [0.75, 0.5, 0.25]
+"""History start times of ``recipes/mutual_forcing/ablations/history_from_clip_low_noise.yaml``."""
+
 SCENARIOS = {
     "stage_three": stage_three,
     "mutual_forcing_trajectory": lambda: mutual_forcing("trajectory"),
     "mutual_forcing_dmd": lambda: mutual_forcing("dmd"),
+    "mutual_forcing_trajectory_low_noise": lambda: mutual_forcing("trajectory", HistoryFromRealClip(LOW_NOISE)),
+    "mutual_forcing_dmd_low_noise": lambda: mutual_forcing("dmd", HistoryFromRealClip(LOW_NOISE)),
     "mutual_forcing_trajectory_history_from_noise": lambda: mutual_forcing("trajectory", HistoryFromNoise()),
     "mutual_forcing_dmd_history_from_noise": lambda: mutual_forcing("dmd", HistoryFromNoise()),
     "streaming": streaming,
@@ -172,6 +180,18 @@ RECORDED: dict[str, dict[str, list[float]]] = {
         "video": [-108.7444616407156, 239.91807785630226, -0.5460447072982788, 1.7197613716125488, -0.2926253080368042],
     },
     "mutual_forcing_dmd": {
+        "loss": [19.002098083496094] * 3,
+        "loss_critic": [11.777613639831543] * 3,
+        "loss_critic_audio": [5.973302364349365] * 3,
+        "loss_critic_video": [5.804311275482178] * 3,
+        "loss_distill": [1.5878819227218628] * 3,
+        "loss_distill_audio": [1.1042872667312622] * 3,
+        "loss_distill_video": [0.4835946559906006] * 3,
+        "loss_fm": [5.636603355407715] * 3,
+        "loss_fm_audio": [2.8138468265533447] * 3,
+        "loss_fm_video": [2.82275652885437] * 3,
+    },
+    "mutual_forcing_dmd_low_noise": {
         "loss": [13.990911483764648] * 3,
         "loss_critic": [5.9070940017700195] * 3,
         "loss_critic_audio": [3.3444318771362305] * 3,
@@ -196,6 +216,15 @@ RECORDED: dict[str, dict[str, list[float]]] = {
         "loss_fm_video": [4.6814703941345215] * 3,
     },
     "mutual_forcing_trajectory": {
+        "loss": [5.8304548263549805] * 3,
+        "loss_distill": [0.3326718807220459] * 3,
+        "loss_distill_audio": [0.2581678330898285] * 3,
+        "loss_distill_video": [0.07450404018163681] * 3,
+        "loss_fm": [5.4977827072143555] * 3,
+        "loss_fm_audio": [3.3139569759368896] * 3,
+        "loss_fm_video": [2.183825731277466] * 3,
+    },
+    "mutual_forcing_trajectory_low_noise": {
         "loss": [6.195036888122559] * 3,
         "loss_distill": [0.07329746335744858] * 3,
         "loss_distill_audio": [0.040395338088274] * 3,

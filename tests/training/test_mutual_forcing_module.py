@@ -212,6 +212,18 @@ def test_history_from_noise_ablation_parses_and_trains_a_step(tmp_path):
     assert not torch.equal(same_draws.history[0].video, result.history[0].video)
 
 
+def test_low_noise_ablation_recipe_sets_the_old_start_times_and_trains_a_step(tmp_path):
+    one_block = "--model.init_args.objective.init_args.min_history_blocks=1"
+    module = _recipe_cli(tmp_path, "video_only", one_block, ablation="history_from_clip_low_noise").model
+    assert type(module.objective.history) is HistoryFromRealClip
+    assert module.objective.history.start_times == (0.75, 0.5, 0.25)
+    assert _recipe_cli(tmp_path, "video_only").model.objective.history.start_times is None  # the grid's first two
+    attach(module, step=0, rank=0)
+    result = module.compute_step(latent_batch(seconds=1), module.step_generator(), module.step_generator(True, 1))
+    result.losses["loss"].backward()
+    assert torch.isfinite(result.losses["loss"]) and result.history_blocks == 1
+
+
 class HistoryRecorder(L.Callback):
     """Records the number of history blocks of every step on this rank (used by the 2-process test)."""
 
