@@ -32,6 +32,10 @@ STATIC = Path(__file__).parent / "static"
 MAX_PROMPT_CHARS = 2000
 """Longer prompts are refused (the text encoder truncates long before; this only bounds request size)."""
 
+SHUTDOWN_SECONDS = 5.0
+"""How long stopping the server (Ctrl-C) waits for open responses once every stream has ended (aiohttp's
+default is 60 s)."""
+
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; media-src 'self' blob:; style-src 'unsafe-inline'",
                 "Cache-Control": "no-store"}
 
@@ -80,7 +84,8 @@ class LiveServer:
         app.router.add_get("/metrics", self._metrics_text)
         app.router.add_get("/metrics.json", self._metrics_json)
         app.on_startup.append(self._start)
-        app.on_cleanup.append(self._cleanup)
+        app.on_shutdown.append(self._close_streams)
+        app.on_cleanup.append(self._close_streams)
         return app
 
     # ---------------------------------------------------------------- lifecycle
@@ -88,8 +93,13 @@ class LiveServer:
         self._loop = asyncio.get_running_loop()
         self.scheduler.start()
 
-    async def _cleanup(self, _: web.Application) -> None:
+    async def _close_streams(self, _: web.Application) -> None:
+        """Stop the generation thread and end every stream (``shutdown``), so their responses finish.
+
+        Runs on shutdown, before aiohttp waits for open responses (a live stream's would otherwise go on until
+        :data:`SHUTDOWN_SECONDS`), and again on cleanup, where it does nothing more."""
         await asyncio.get_running_loop().run_in_executor(None, self.scheduler.close)
+        await asyncio.sleep(0)  # the releases the thread scheduled on this loop close the streams' queues
 
     def _on_release(self, stream: LiveStream) -> None:
         """From the generation thread: the stream's generator and cache are freed; free its slot."""
@@ -269,7 +279,8 @@ async def start_server(server: LiveServer, host: str = "127.0.0.1", port: int = 
     Returns:
         The runner (``await runner.cleanup()`` stops everything) and the bound port.
     """
-    runner = web.AppRunner(server.application(), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(server.application(), handler_cancellation=True, access_log=None,
+                           shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner, runner.addresses[0][1]

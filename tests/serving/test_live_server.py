@@ -11,8 +11,11 @@ import time
 
 import pytest
 
+from live_server_helpers import RunningServer
+
 from omniforcing.data.media import read_av
 from omniforcing.models.kv_cache import AVKVCache
+from omniforcing.serving.app import LiveServer
 
 
 def test_three_seconds_of_one_stream_decode_with_video_and_audio_of_the_right_length(serve):
@@ -203,3 +206,15 @@ def _live_caches() -> int:
     """``AVKVCache`` objects alive in this process (other tests may hold some)."""
     gc.collect()
     return sum(1 for o in gc.get_objects() if type(o) is AVKVCache)
+
+
+def test_stopping_the_server_ends_a_live_stream_at_once_and_counts_it(generator):
+    live = RunningServer(LiveServer(generator))
+    connection, response = live.open_stream(prompt="rain on a roof")  # unbounded: it would never finish
+    assert response.status == 200 and len(response.read(2000)) == 2000
+    counters = live.server.counters
+    # bounded by TIMEOUT (30 s): before the streams were ended on shutdown, aiohttp waited 60 s for this response
+    live.stop()
+    _drain(response)  # the body ends (final chunk) rather than hanging
+    connection.close()
+    assert counters.ended == {"shutdown": 1} and not live.server.streams

@@ -48,7 +48,11 @@ def test_the_command_serves_the_page_until_interrupted():
             assert page.status == 200 and b"omniforcing live" in page.read()
     finally:
         server.send_signal(signal.SIGINT)
-        output, _ = server.communicate(timeout=30)
+        try:
+            output, _ = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # show what the server printed instead of a bare timeout
+            server.kill()
+            pytest.fail(f"the server did not stop within 30 s of SIGINT; it printed:\n{server.communicate()[0]}")
     assert server.returncode == 0 and "stopped" in output and "Traceback" not in output
 
 
