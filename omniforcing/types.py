@@ -47,6 +47,8 @@ class ClipSpec:
     def __post_init__(self) -> None:
         if self.seconds < 0:
             raise ValueError(f"ClipSpec.seconds must be >= 0, got {self.seconds}")
+        if self.width is not None and self.width <= 0:
+            raise ValueError(f"ClipSpec.width must be > 0 (or None for square frames), got {self.width}")
         if self.width == self.size:  # one spelling of a square frame, so equal geometries compare equal
             object.__setattr__(self, "width", None)
         if self.sample_rate % AUDIO_LATENT_RATE:
@@ -56,6 +58,11 @@ class ClipSpec:
     def frame_size(self) -> tuple[int, int]:
         """``(height, width)`` of a video frame in pixels."""
         return self.size, self.size if self.width is None else self.width
+
+    def width_record(self) -> dict[str, int]:
+        """``{"width": w}`` for frames that are not square, else ``{}``: what shard metadata and manifests
+        record, so square shards stay as they were before ``width`` existed (and resume against them)."""
+        return {} if self.width is None else {"width": self.width}
 
     @property
     def num_frames(self) -> int:

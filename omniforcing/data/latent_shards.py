@@ -298,7 +298,7 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
     settings = {"kind": "latents", "sources": [str(Path(s).resolve()) for s in shards], "windows": len(windows),
                 "seconds": seconds, "stride_seconds": stride_seconds, "shard_size": shard_size, "dtype": dtype,
                 "fps": spec.fps, "sample_rate": spec.sample_rate, "size": spec.size,
-                "width": spec.frame_size[1], "video_latent_rate": codec.video.latent_rate, "codec_fingerprint": codec_fingerprint(codec),
+                **spec.width_record(), "video_latent_rate": codec.video.latent_rate, "codec_fingerprint": codec_fingerprint(codec),
                 "codec": codec_config(codec),
                 "text_encoder": prompt_encoder.description() if prompt_encoder is not None else None}
     manifest = check_resume(out, json.loads(json.dumps(settings)))  # JSON types, as an earlier manifest has

@@ -143,7 +143,7 @@ def pack_file(path: Path, root: Path, spec: ClipSpec, crf: int = DEFAULT_CRF) ->
     for t0, video, audio in clips:
         meta = {"caption": caption, "source": relative, "source_start": round(t0, 6), "fps": spec.fps,
                 "sample_rate": spec.sample_rate, "seconds": spec.seconds, "size": spec.size,
-                "width": spec.frame_size[1], "num_frames": spec.num_frames, "num_samples": spec.num_samples, "events": []}
+                **spec.width_record(), "num_frames": spec.num_frames, "num_samples": spec.num_samples, "events": []}
         mp4 = encode_mp4(video, spec.fps, audio, spec.sample_rate, crf)
         result.clips.append({"mp4": mp4, "json": json_bytes(meta)})
     return result
@@ -195,7 +195,7 @@ def pack_folder(src: str | Path, out: str | Path, spec: ClipSpec, shard_size: in
     manifest: dict[str, Any] = {"kind": "packed", "source": str(root), "samples": sink.count, "shards": sink.shards,
                                 "files": len(files), "skipped": [list(s) for s in report.skipped],
                                 "seconds": spec.seconds, "fps": spec.fps, "sample_rate": spec.sample_rate,
-                                "size": spec.size, "width": spec.frame_size[1], "num_frames": spec.num_frames,
+                                "size": spec.size, **spec.width_record(), "num_frames": spec.num_frames,
                                 "num_samples": spec.num_samples}
     write_manifest(out, manifest)
     return report

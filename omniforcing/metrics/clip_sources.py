@@ -123,7 +123,7 @@ def probe_spec(source: str | Path, seconds: int | None = None) -> ClipSpec:
             raise InvalidInputError(f"--seconds {seconds} is longer than the clips of {source} ({stored} s after the "
                                     "lead)")
         return ClipSpec(seconds=stored if seconds is None else seconds, fps=fps, sample_rate=media.sample_rate,
-                        size=min(media.video.shape[1:3]))
+                        size=media.video.shape[1], width=media.video.shape[2])
     raise InvalidInputError(f"no readable clip in {source}: {'; '.join(reasons) or 'empty'}")
 
 
@@ -152,7 +152,8 @@ def conform_media(media: MediaClip, spec: ClipSpec) -> tuple[Tensor, Tensor]:
         spec: target geometry.
 
     Returns:
-        ``(video (num_frames, 3, size, size) float32 in [-1, 1], audio (1, num_samples) float32)``.
+        ``(video (num_frames, 3, height, width) float32 in [-1, 1], audio (1, num_samples) float32)``, the
+        frames scaled to cover ``spec.frame_size`` and centre-cropped.
 
     Raises:
         BadSampleError: no audio, or the file is shorter than the clip (beyond the one-frame AAC tolerance).

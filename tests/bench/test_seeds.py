@@ -72,17 +72,27 @@ def test_missing_reports_are_a_clear_error(tmp_path):
 def test_mutual_forcing_summary_reads_the_seed_script_layout(tmp_path):
     columns = ["sampler", "NFE/block", "fd_video_stats", "fd_audio_stats", "av_align", "event_f1_av",
                "event_timing_ms", "s per generated s"]
+    # the teacher is measured once per seed, in whichever report: seed 0 with the default, seed 1 with the
+    # low-noise ablation (the layout the seed script leaves after the default changed)
+    teacher_in = {0: "quality_history_from_clip", 1: "quality_history_from_clip_low_noise"}
     for seed in range(2):
-        for stem, shift in (("quality_history_from_clip", 0.0), ("quality_history_from_noise", 1.0)):
+        for stem, shift in (("quality_history_from_clip", 0.0), ("quality_history_from_noise", 1.0),
+                            ("quality_history_from_clip_low_noise", 2.0)):
             table = Table("q", columns)
             table.add("real clips (held out)", "-", 0.5, 16.0, 0.5, 0.8, 11.0, math.nan)
             table.add("few-step 4", 5, 100.0 + seed + shift, 500.0, 0.3, 0.3, 50.0, 0.1)
             table.add("multi-step 48", 49, 120.0 + seed, 600.0, 0.4, 0.3, 50.0, 0.3)
+            if teacher_in[seed] == stem:
+                table.add("teacher 48, cfg 1 (bidirectional)", 48, 90.0 + seed, 700.0, 0.3, 0.2, 60.0, 0.2)
             Report("q", [table]).save_json(tmp_path / f"seed{seed}" / f"{stem}.json")
     report = summarize(runs=tmp_path, json_out=tmp_path / "summary.json")
     names = [row[0] for row in report.tables[0].rows]
-    assert names == ["real clips (held out)", "few-step 4", "multi-step 48", "history from noise: few-step 4",
-                     "history from noise: multi-step 48"]
+    low = "history from clip, s in {0.75, 0.5, 0.25}: "
+    assert names == ["real clips (held out)", "few-step 4", "multi-step 48", "teacher 48, cfg 1 (bidirectional)",
+                     "history from noise: few-step 4", "history from noise: multi-step 48", f"{low}few-step 4",
+                     f"{low}multi-step 48"]
+    teacher = next(row for row in report.tables[0].rows if row[0].startswith("teacher"))
+    assert teacher[1] == 2  # one row over both seeds, unprefixed, from two different reports
     compared = {(row[0], row[1]): row for row in report.tables[1].rows}
     assert compared["few-step 4", "history from noise: few-step 4"][2].startswith("-1 (floor 0.71")
     assert (tmp_path / "summary.json").is_file()

@@ -9,6 +9,8 @@ import numpy as np
 from omniforcing.cli import main
 from omniforcing.data.latent_shards import plan_windows
 from omniforcing.data.media import encode_mp4, write_mp4
+from omniforcing.data.shards import iter_tar_samples
+from omniforcing.metrics.clip_sources import probe_spec
 
 
 def test_data_synth_then_inspect(tmp_path, capsys):
@@ -54,3 +56,6 @@ def test_data_pack_writes_frames_that_are_not_square_and_a_codec_reads_them(tmp_
     wide, _ = plan_windows(shards, 1, 1, 24, 16000, frame_size=(16, 24))
     square, skipped = plan_windows(shards, 1, 1, 24, 16000, frame_size=(16, 16))
     assert len(wide) == 1 and not square and "frame size 16x24 != the codec's 16x16" in skipped[0]
+    (_, members), = iter_tar_samples(shards[0])
+    assert json.loads(members["json"])["width"] == 24 and json.loads((out / "dataset.json").read_text())["width"] == 24
+    assert probe_spec(out).frame_size == (16, 24)  # evaluate reads these clips as they are, not as squares

@@ -39,6 +39,7 @@ def test_pack_real_media_converts_rates_and_skips_the_silent_clip(shared_media, 
         assert clip.video.shape == (SPEC.num_frames, 32, 32, 3) and clip.fps == 24
         assert clip.audio.shape == (1, SPEC.num_samples) and clip.sample_rate == 16000
         assert meta["caption"] == {"bigbuckbunny.mp4": "bigbuckbunny", "webcam_talk.avi": "webcam talk"}[meta["source"]]
+        assert "width" not in meta  # square frames: the json is what it was before frames could be wider
     assert json.loads((tmp_path / "out" / "dataset.json").read_text())["samples"] == 4
 
 

@@ -39,6 +39,8 @@ def test_clips_are_deterministic_per_seed_and_index():
 def test_clip_geometry_spells_a_square_one_way_and_synthetic_clips_refuse_other_frames():
     assert ClipSpec(size=32, width=32) == ClipSpec(size=32) and ClipSpec(size=32).frame_size == (32, 32)
     assert ClipSpec(size=16, width=24).frame_size == (16, 24)
+    with pytest.raises(ValueError, match="ClipSpec.width must be > 0"):
+        ClipSpec(width=0)
     with pytest.raises(ValueError, match="synthetic clips are square"):
         synthesize_clip(0, 0, ClipSpec(seconds=1, size=16, width=24))
 

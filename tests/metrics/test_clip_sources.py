@@ -47,7 +47,7 @@ def test_media_folder_batches_count_skips_and_split_by_rank(tmp_path):
     for name in ("a", "b", "c"):
         _clip_file(tmp_path / f"{name}.mp4", 1.0)
     _clip_file(tmp_path / "short.mp4", 0.4)
-    assert probe_spec(tmp_path, seconds=1) == ClipSpec(seconds=1, fps=30, sample_rate=22050, size=48)
+    assert probe_spec(tmp_path, seconds=1) == ClipSpec(seconds=1, fps=30, sample_rate=22050, size=48, width=64)
     counter = SkipCounter()
     batches = list(iter_clip_batches(tmp_path, SPEC, 2, counter=counter))
     assert [len(b) for b in batches] == [2, 1] and counter.skipped == 1 and "too short" in counter.summary()
