@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import math
+import signal
 import socket
 import time
 
@@ -61,11 +62,12 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warm_up(generator)
     try:
-        asyncio.run(_run(server, host, port, checkpoint))
+        asyncio.run(_run(server, host, port, checkpoint))  # returns on SIGTERM
     except KeyboardInterrupt:
-        print("stopped")
+        pass
     except OSError as error:  # e.g. the port is taken
         raise UserError(f"serve: cannot listen on {host}:{port}: {error.strerror or error}") from error
+    print("stopped")
 
 
 WARM_UP_MAX_SECONDS = 20
@@ -99,8 +101,14 @@ async def _run(server: LiveServer, host: str, port: int, checkpoint: str) -> Non
     if not is_loopback(host):
         print(f"warning: bound to {host}, not to this machine only: anyone who can reach it can start streams "
               f"and read /metrics; put it behind a reverse proxy with access control (docs/serving.md)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:  # SIGTERM (docker stop, systemd, kill) stops as cleanly as Ctrl-C does
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    except NotImplementedError:  # pragma: no cover - event loops without signal support (Windows)
+        pass
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()
 

@@ -33,12 +33,19 @@ def test_only_loopback_hosts_count_as_local():
     assert not is_loopback("no-such-host.invalid")
 
 
+def _default_interrupt() -> None:
+    """In the server's process before exec: Ctrl-C's default, whatever the test runner inherited (a background
+    job's shell starts it with SIGINT ignored, and Python then keeps it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
-def test_the_command_serves_the_page_until_interrupted():
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_the_command_serves_the_page_until_interrupted(stop_signal):
     command = [sys.executable, "-m", "omniforcing", "serve", "--checkpoint", "student", "--port", "0",
                "--threads", "1"]
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_default_interrupt)
     try:
         line = server.stdout.readline()  # bounded by the timeout below through communicate on failure
         assert line.startswith("serving student on http://127.0.0.1:"), line
@@ -47,12 +54,13 @@ def test_the_command_serves_the_page_until_interrupted():
         with urllib.request.urlopen(url, timeout=30) as page:
             assert page.status == 200 and b"omniforcing live" in page.read()
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(stop_signal)
         try:
             output, _ = server.communicate(timeout=30)
         except subprocess.TimeoutExpired:  # show what the server printed instead of a bare timeout
             server.kill()
-            pytest.fail(f"the server did not stop within 30 s of SIGINT; it printed:\n{server.communicate()[0]}")
+            pytest.fail(f"the server did not stop within 30 s of {stop_signal.name}; it printed:\n"
+                        f"{server.communicate()[0]}")
     assert server.returncode == 0 and "stopped" in output and "Traceback" not in output
 
 
