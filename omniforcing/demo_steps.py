@@ -14,7 +14,8 @@ from torch import Tensor
 from omniforcing.bench.report import Table
 from omniforcing.codecs import load_codec
 from omniforcing.data.datamodule import AVDataModule
-from omniforcing.data.media import read_av, write_mp4
+from omniforcing.data.media import read_av
+from omniforcing.data.mp4_writers import write_mp4
 from omniforcing.inference.clips import to_uint8_video
 from omniforcing.metrics import MetricSuite
 from omniforcing.pipelines.omniforcing_results import (

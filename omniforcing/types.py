@@ -25,6 +25,11 @@ AUDIO_LATENT_RATE = 25
 """Audio latents per second of every codec in this package (40 ms each, as LTX-2)."""
 
 
+def frame_label(frame_size: tuple[int, int]) -> str:
+    """``(512, 768)`` -> ``"512x768"`` (height x width), as every message about frame sizes writes it."""
+    return f"{frame_size[0]}x{frame_size[1]}"
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     """Physical geometry of one training clip; the one value data and model must agree on.

@@ -55,7 +55,7 @@ from omniforcing.metrics.clip_sources import (
     real_batches_with_media,
 )
 from omniforcing.metrics.windows import evaluate_per_window, format_window_table
-from omniforcing.types import AVBatch, ClipSpec
+from omniforcing.types import AVBatch, ClipSpec, frame_label
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +214,10 @@ def compare_sets(real: str, fake: str, names: list[str], settings: dict[str, Any
 
 def format_result(result: dict[str, Any]) -> str:
     """The values as a markdown table: generated (vs real) and, for sync metrics, the real clips' own values."""
-    clip = result["clip"]
+    clip = ClipSpec(**result["clip"])
     table = Table(f"{result['fake']} vs {result['real']}", ["metric", "generated", "real"],
-                  notes=f"N real {result['n_real']}, N fake {result['n_fake']}; clips of {clip['seconds']} s + lead at "
-                        f"{clip['fps']} fps / {clip['sample_rate']} Hz / {clip['size']}x{clip.get('width') or clip['size']} px; skipped real: "
+                  notes=f"N real {result['n_real']}, N fake {result['n_fake']}; clips of {clip.seconds} s + lead at "
+                        f"{clip.fps} fps / {clip.sample_rate} Hz / {frame_label(clip.frame_size)} px; skipped real: "
                         f"{result['skipped_real']}, fake: {result['skipped_fake']}. Fréchet values are comparable "
                         f"only at equal N and extractor fingerprint.")
     for key, value in result["metrics"].items():

@@ -21,7 +21,7 @@ from typing import Literal, TextIO
 
 import torch
 
-from omniforcing.data.media import StreamingMp4Writer, write_mp4
+from omniforcing.data.mp4_writers import StreamingMp4Writer, write_mp4
 from omniforcing.errors import InvalidInputError, MissingInputError, UserError, check_positive
 from omniforcing.inference.export import CONFIG_NAME, load_model
 from omniforcing.inference.generation import generate_teacher_clips

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from omniforcing.data.media import MediaError, read_av, to_mono
-from omniforcing.types import AUDIO_LATENT_RATE, AVBatch, ClipInfo, ClipSpec
+from omniforcing.types import AUDIO_LATENT_RATE, AVBatch, ClipInfo, ClipSpec, frame_label
 
 VIDEO_LATENTS = "video_latents.npy"
 AUDIO_LATENTS = "audio_latents.npy"
@@ -134,7 +134,7 @@ def decode_media(sample: dict[str, Any], meta: dict[str, Any], spec: ClipSpec,
                              f"!= {spec.fps} / {spec.sample_rate}")
     height, width = clip.video.shape[1:3]
     if (height, width) != spec.frame_size:
-        raise BadSampleError(f"frame size {height}x{width} != {spec.frame_size[0]}x{spec.frame_size[1]}")
+        raise BadSampleError(f"frame size {frame_label((height, width))} != {frame_label(spec.frame_size)}")
     audio = to_mono(clip.audio)
     start = choose_start_frame(clip.video.shape[0], audio.shape[-1], spec, rng)
     first_sample = start * spec.sample_rate // spec.fps

@@ -49,7 +49,7 @@ from omniforcing.data.decoding import AUDIO_LATENTS, VIDEO_LATENTS, BadSampleErr
 from omniforcing.data.media import MediaError, read_av
 from omniforcing.data.shards import MANIFEST_NAME, SHARD_NAME, iter_tar_samples, json_bytes, sample_key
 from omniforcing.errors import InvalidInputError
-from omniforcing.types import AUDIO_LATENT_RATE, ClipSpec
+from omniforcing.types import AUDIO_LATENT_RATE, ClipSpec, frame_label
 
 if TYPE_CHECKING:  # imported when used: the prompt encoders load diffusers and transformers
     from omniforcing.data.prompt_encoding import PromptFeatureEncoder
@@ -105,7 +105,7 @@ def check_stored_geometry(meta: dict[str, Any], fps: int, sample_rate: int,
     if frame_size is not None and "size" in meta:
         stored = (int(meta["size"]), int(meta.get("width", meta["size"])))
         if stored != tuple(frame_size):
-            raise BadSampleError(f"frame size {stored[0]}x{stored[1]} != the codec's {frame_size[0]}x{frame_size[1]}")
+            raise BadSampleError(f"frame size {frame_label(stored)} != the codec's {frame_label(frame_size)}")
 
 
 def plan_windows(shards: list[str], seconds: int, stride_seconds: int, fps: int, sample_rate: int,
@@ -298,7 +298,8 @@ def encode_latent_shards(codec: AVCodec, shards: list[str], out: str | Path, sec
     settings = {"kind": "latents", "sources": [str(Path(s).resolve()) for s in shards], "windows": len(windows),
                 "seconds": seconds, "stride_seconds": stride_seconds, "shard_size": shard_size, "dtype": dtype,
                 "fps": spec.fps, "sample_rate": spec.sample_rate, "size": spec.size,
-                **spec.width_record(), "video_latent_rate": codec.video.latent_rate, "codec_fingerprint": codec_fingerprint(codec),
+                **spec.width_record(), "video_latent_rate": codec.video.latent_rate,
+                "codec_fingerprint": codec_fingerprint(codec),
                 "codec": codec_config(codec),
                 "text_encoder": prompt_encoder.description() if prompt_encoder is not None else None}
     manifest = check_resume(out, json.loads(json.dumps(settings)))  # JSON types, as an earlier manifest has

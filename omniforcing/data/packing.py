@@ -23,18 +23,17 @@ import torch
 from tqdm import tqdm
 
 from omniforcing.data.media import (
-    DEFAULT_CRF,
     MEDIA_SUFFIXES,
     MediaClip,
     MediaError,
     NoAudioStreamError,
-    encode_mp4,
     read_av,
     resample_audio,
     resize_center_crop,
     retime_video,
     to_mono,
 )
+from omniforcing.data.mp4_writers import DEFAULT_CRF, encode_mp4
 from omniforcing.data.parallel import default_workers, map_ordered
 from omniforcing.data.shards import ShardSink, json_bytes, sample_key, write_manifest
 from omniforcing.errors import InvalidInputError, MissingInputError
@@ -143,7 +142,8 @@ def pack_file(path: Path, root: Path, spec: ClipSpec, crf: int = DEFAULT_CRF) ->
     for t0, video, audio in clips:
         meta = {"caption": caption, "source": relative, "source_start": round(t0, 6), "fps": spec.fps,
                 "sample_rate": spec.sample_rate, "seconds": spec.seconds, "size": spec.size,
-                **spec.width_record(), "num_frames": spec.num_frames, "num_samples": spec.num_samples, "events": []}
+                **spec.width_record(), "num_frames": spec.num_frames, "num_samples": spec.num_samples,
+                "events": []}
         mp4 = encode_mp4(video, spec.fps, audio, spec.sample_rate, crf)
         result.clips.append({"mp4": mp4, "json": json_bytes(meta)})
     return result

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from omniforcing.data.media import DEFAULT_CRF, encode_mp4
+from omniforcing.data.mp4_writers import DEFAULT_CRF, encode_mp4
 from omniforcing.data.parallel import default_workers, map_ordered
 from omniforcing.data.shards import ShardSink, json_bytes, sample_key, write_manifest
 from omniforcing.data.synthetic_audio import ImpactSound, background_noise, loudness_for, mix_impacts, sound_for
 from omniforcing.data.synthetic_physics import Body, Trajectory, simulate
 from omniforcing.data.synthetic_render import COLOURS, PLAIN_BACKGROUND, SHAPES, background_image, render_frames
-from omniforcing.types import ClipSpec
+from omniforcing.types import ClipSpec, frame_label
 
 REFERENCE_HALF_EXTENT = 0.1
 """Half-extent of a reference-size object in box units (a 32 px frame shows it 6.4 px from centre to edge)."""
@@ -185,7 +185,7 @@ def synthesize_clip(seed: int, index: int, spec: ClipSpec, settings: SceneSettin
         ValueError: ``spec`` has frames that are not square (the scenes are drawn in a unit square).
     """
     if spec.width is not None:
-        raise ValueError(f"synthetic clips are square: got a {spec.size}x{spec.width} ClipSpec; leave width unset")
+        raise ValueError(f"synthetic clips are square: got {frame_label(spec.frame_size)} frames; leave width unset")
     settings = settings or SceneSettings()
     rng = clip_rng(seed, index)
     objects = sample_objects(rng, settings)

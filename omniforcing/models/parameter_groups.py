@@ -2,7 +2,8 @@
 
 Training logs ``train/grad_norm/<group>`` per group (docs/training.md); the groups are ``sinks`` (audio sink
 tokens), ``cross`` (audio<->video attention), ``text`` (text encoder and text attention), ``video`` and
-``audio``, and ``shared`` for anything a backbone leaves to no stream (a wrapper's own scale). Parameter names depend on the backbone, so each backbone answers
+``audio``, and ``shared`` for anything a backbone leaves to no stream (a wrapper's own scale). Parameter
+names depend on the backbone, so each backbone answers
 :meth:`~omniforcing.models.protocol.AVBackbone.parameter_group` from its own rules, written as ordered
 ``(substring, group)`` pairs: the first substring found in the name wins. Substrings, not exact names, so the
 prefixes that wrappers add (FSDP, activation checkpointing, ``torch.compile``) change nothing.

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from omniforcing.codecs import MelAudioCodec, PatchVideoCodec, save_codec
-from omniforcing.data.media import write_mp4
+from omniforcing.data.mp4_writers import write_mp4
 from omniforcing.data.synthetic import SceneSettings, synthesize_clip
 from omniforcing.inference.export import export_checkpoint
 from omniforcing.inference.streaming import StreamingGenerator

@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from omniforcing.data.media import write_mp4
+from omniforcing.data.mp4_writers import write_mp4
 from omniforcing.inference.streaming import StreamingGenerator
 from omniforcing.pipelines.mutual_forcing import fit_patch_codec_statistics, write_trainer_overrides
 from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.blocks import BlockStep, block_step
 from omniforcing.sampling.guidance import GuidedDenoiser

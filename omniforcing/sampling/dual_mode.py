@@ -231,8 +231,9 @@ class HistoryFromRealClip(HistorySource):
 
     The default draws ``s`` from the grid's first two times (1.0 and 0.75 for the 4-step grid): at ``s = 1`` the
     block is the model's own sample given the history before it, as every block is when it streams; at 0.75 it
-    keeps the real block's layout, so the history as a whole still leads to the real next block. Starting only below 1 (0.75, 0.5, 0.25, the default until 2026-12-05) gives histories closer to the
-    data than any the model streams from, and cost 130-155 in few-step video stats FD over five seeds
+    keeps the real block's layout, so the history as a whole still leads to the real next block. Starting only
+    below 1 (0.75, 0.5, 0.25, the default until 2026-12-05) gives histories closer to the data than any the
+    model streams from, and cost 130-155 in few-step video stats FD over five seeds
     (docs/mutual_forcing.md, "Results over seeds"); it is kept as an ablation
     (``recipes/mutual_forcing/ablations/history_from_clip_low_noise.yaml``).
 

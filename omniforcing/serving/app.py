@@ -85,7 +85,6 @@ class LiveServer:
         app.router.add_get("/metrics.json", self._metrics_json)
         app.on_startup.append(self._start)
         app.on_shutdown.append(self._close_streams)
-        app.on_cleanup.append(self._close_streams)
         return app
 
     # ---------------------------------------------------------------- lifecycle
@@ -96,8 +95,8 @@ class LiveServer:
     async def _close_streams(self, _: web.Application) -> None:
         """Stop the generation thread and end every stream (``shutdown``), so their responses finish.
 
-        Runs on shutdown, before aiohttp waits for open responses (a live stream's would otherwise go on until
-        :data:`SHUTDOWN_SECONDS`), and again on cleanup, where it does nothing more."""
+        Runs on shutdown (``runner.cleanup()`` shuts down first), before aiohttp waits for open responses: a live
+        stream's would otherwise go on until :data:`SHUTDOWN_SECONDS`."""
         await asyncio.get_running_loop().run_in_executor(None, self.scheduler.close)
         await asyncio.sleep(0)  # the releases the thread scheduled on this loop close the streams' queues
 

@@ -9,7 +9,7 @@ each stream's real-time factor is about ``N`` times the single-stream one, which
 must be sized against (docs/serving.md).
 
 Each stream keeps its own generator iterator (hence its own KV cache and incremental decoder, created by
-``StreamingGenerator.stream``) and its own :class:`~omniforcing.data.media.Mp4FragmentStream`. A stream whose
+``StreamingGenerator.stream``) and its own :class:`~omniforcing.data.mp4_writers.Mp4FragmentStream`. A stream whose
 client is behind (:meth:`LiveStream.wants_block` false) is skipped: the generator waits for it. When a stream
 ends (finished, disconnected, stopped, stalled, failed) its iterator is closed here, on this thread, which
 frees its cache, and ``on_release`` is called.
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from omniforcing.data.media import Mp4FragmentStream
+from omniforcing.data.mp4_writers import Mp4FragmentStream
 from omniforcing.inference.streaming import StreamedBlock, StreamingGenerator
 from omniforcing.serving.streams import BlockTiming, Chunk, LiveStream
 

@@ -33,7 +33,7 @@ from omniforcing.codecs.checkpoint import CHECKPOINT_CONFIG_KEY, codec_config
 from omniforcing.codecs.protocol import CodecLossWeights, TrainableCodec
 from omniforcing.training.base import keep_plain_hyperparameters
 from omniforcing.training.codec_media import line_plot, log_audio_reconstruction, log_video_reconstruction
-from omniforcing.types import AVBatch, ClipSpec
+from omniforcing.types import AVBatch, ClipSpec, frame_label
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +189,8 @@ class CodecLitModule(L.LightningModule):
 def check_clip_matches_codec(clip: ClipSpec, codec: VideoCodec | AudioCodec) -> None:
     """The datamodule's clips must have the codec's frame size and frame rate (video) or sample rate (audio)."""
     if isinstance(codec, VideoCodec):
-        height, width = codec.size  # type: ignore[attr-defined]
-        expected, actual = f"{height}x{width} at {codec.fps} fps", f"{clip.size}x{clip.frame_size[1]} at {clip.fps} fps"
+        expected = f"{frame_label(codec.size)} at {codec.fps} fps"  # type: ignore[attr-defined]
+        actual = f"{frame_label(clip.frame_size)} at {clip.fps} fps"
     else:
         expected, actual = f"{codec.sample_rate} Hz", f"{clip.sample_rate} Hz"
     if expected != actual:

@@ -8,7 +8,7 @@ import numpy as np
 
 from omniforcing.cli import main
 from omniforcing.data.latent_shards import plan_windows
-from omniforcing.data.media import encode_mp4, write_mp4
+from omniforcing.data.mp4_writers import encode_mp4, write_mp4
 from omniforcing.data.shards import iter_tar_samples
 from omniforcing.metrics.clip_sources import probe_spec
 

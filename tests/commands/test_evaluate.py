@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from omniforcing.cli import main
 from omniforcing.codecs import AVCodec, MelAudioCodec, PatchVideoCodec
-from omniforcing.data.media import write_mp4
+from omniforcing.data.mp4_writers import write_mp4
 from omniforcing.data.synthetic import SceneSettings, synthesize_clip
 from omniforcing.models.presets import PRESETS, build_preset
 from omniforcing.types import ClipSpec

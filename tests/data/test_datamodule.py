@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import io
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from omniforcing.data import AVDataModule, SyntheticDataModule
-from omniforcing.data.media import encode_mp4
+from omniforcing.data.mp4_writers import encode_mp4
 from omniforcing.data.shards import ShardSink, json_bytes
 from omniforcing.data.synthetic import synthesize_clip
 from omniforcing.types import AVBatch, ClipSpec

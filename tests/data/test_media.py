@@ -12,16 +12,14 @@ from media_checks import lag_samples, psnr
 from omniforcing.data.media import (
     MediaError,
     NoAudioStreamError,
-    StreamingMp4Writer,
-    encode_mp4,
     frame_indices_at,
     read_av,
     resample_audio,
     resize_center_crop,
     retime_video,
     to_mono,
-    write_mp4,
 )
+from omniforcing.data.mp4_writers import StreamingMp4Writer, encode_mp4, write_mp4
 from omniforcing.data.synthetic import SceneSettings, synthesize_clip
 from omniforcing.types import ClipSpec
 

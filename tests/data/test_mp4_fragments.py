@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from media_checks import lag_samples
 
-from omniforcing.data.media import Mp4FragmentStream, read_av
+from omniforcing.data.media import read_av
+from omniforcing.data.mp4_writers import Mp4FragmentStream
 
 
 def _clicks(num_samples: int, rate: int, times: list[float]) -> np.ndarray:

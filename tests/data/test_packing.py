@@ -11,7 +11,8 @@ import torch
 import torchaudio.functional as AF
 
 from omniforcing.data.inspection import format_summary, inspect_shards
-from omniforcing.data.media import encode_mp4, read_av, write_mp4
+from omniforcing.data.media import read_av
+from omniforcing.data.mp4_writers import encode_mp4, write_mp4
 from omniforcing.data.packing import caption_for, cut_clips, pack_folder
 from omniforcing.data.shards import iter_tar_samples
 from omniforcing.types import ClipSpec

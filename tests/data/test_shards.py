@@ -100,7 +100,8 @@ def test_encode_planning_names_the_damaged_shard(tiny_shards, tmp_path):
     shard = _one_shard_of_eight(tiny_shards, tmp_path)
     offset = _member_offset(shard, 2)
     _corrupt_header(shard, 2)
-    windows, skipped = plan_windows([str(shard)], seconds=1, stride_seconds=1, fps=24, sample_rate=16000, frame_size=(32, 32))
+    windows, skipped = plan_windows([str(shard)], seconds=1, stride_seconds=1, fps=24, sample_rate=16000,
+                                    frame_size=(32, 32))
     assert {window.key for window in windows} == {"00000000"}
     assert skipped == [f"shard-000000.tar: unreadable shard data after {len(windows)} windows (unreadable tar "
                        f"header at byte {offset}; 7 samples after it lost)"]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from media_checks import detect_onsets
 
-from omniforcing.data.media import encode_mp4, read_av
+from omniforcing.data.media import read_av
+from omniforcing.data.mp4_writers import encode_mp4
 from omniforcing.data.shards import iter_tar_samples
 from omniforcing.data.synthetic import (
     SceneSettings,

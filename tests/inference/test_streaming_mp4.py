@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from streaming_helpers import patch_mel_codec
 
-from omniforcing.data.media import StreamingMp4Writer, read_av
+from omniforcing.data.media import read_av
+from omniforcing.data.mp4_writers import StreamingMp4Writer
 from omniforcing.inference.stream_settings import StreamingSettings
 from omniforcing.inference.streaming import StreamingGenerator
 

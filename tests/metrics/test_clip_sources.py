@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from omniforcing.data.decoding import BadSampleError
-from omniforcing.data.media import read_av, write_mp4
+from omniforcing.data.media import read_av
+from omniforcing.data.mp4_writers import write_mp4
 from omniforcing.data.pipeline import SkipCounter
 from omniforcing.metrics import checkpoint_watch
 from omniforcing.metrics.checkpoint_watch import EvaluationState, find_run_dirs, stable_checkpoints

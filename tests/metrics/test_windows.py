@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from omniforcing.cli import main
-from omniforcing.data.media import write_mp4
+from omniforcing.data.mp4_writers import write_mp4
 from omniforcing.data.synthetic import SceneSettings, synthesize_clip
 from omniforcing.metrics.windows import StreamWindow, cut_window, stream_windows
 from omniforcing.types import AVBatch, ClipInfo, ClipSpec
