@@ -267,7 +267,7 @@ def main() -> None:
             for variant, checkpointed in (("stage3_checkpointed", True), ("stage3_no_checkpoint", False)):
                 entry[variant] = step(f"{depth} blocks: {variant}", lambda: stage3_step(
                     student, *teacher, clip_seconds, checkpointed, device))
-        del student, teacher
+        student = teacher = None  # free both before the next depth is built
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

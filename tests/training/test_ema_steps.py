@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from omniforcing.callbacks import EMA
-from omniforcing.codecs import AVCodec, MelAudioCodec, PatchVideoCodec
 from omniforcing.models.transformer import DualStreamTransformer
 from omniforcing.training import TeacherLitModule
 from omniforcing.training.mutual_forcing import MutualForcingLitModule

@@ -36,12 +36,10 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
-from diffusers import LTX2VideoTransformer3DModel
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from torch.utils.checkpoint import checkpoint
 
-from omniforcing.errors import InvalidInputError, MissingInputError
 from omniforcing.models.kv_cache import AVKVCache, CachePlan, PrefixPosition
 from omniforcing.models.layers import KV, TimestepEmbedding
 from omniforcing.models.layout import (
@@ -56,16 +54,13 @@ from omniforcing.models.layout import (
 from omniforcing.models.ltx2.attention import BLOCK_KINDS, KIND_MODULES, AttentionCall, bound, install, keys_values
 from omniforcing.models.ltx2.config import LTX2Architecture
 from omniforcing.models.ltx2.coords import StreamRope, TokenCoords, batched
+from omniforcing.models.ltx2.loading import audio_latent_rate, check_supported, load_transformer
 from omniforcing.models.ltx2.text import PromptEncoder
 from omniforcing.models.parameter_groups import GroupRules, match_group
 from omniforcing.models.ring import AUDIO_KINDS, VIDEO_KINDS, gather
 from omniforcing.models.stream_layer import LayerKV, TextKV
 from omniforcing.models.text import TextContext, TextEmbedding
 from omniforcing.models.call_rules import cache_plan, check_inputs, full_masks
-
-DOWNLOAD = ("download the '{sub}/' folder of Lightricks/LTX-2 from the Hugging Face hub (huggingface-cli download "
-            "Lightricks/LTX-2 --include '{sub}/*' --local-dir DIR) and pass DIR as pretrained")
-
 
 class StreamConditioning(NamedTuple):
     """Per-token conditioning of one stream (``LTX2VideoTransformer3DModel.forward`` step 3), ``(B, N, k*D)``:
@@ -131,9 +126,9 @@ class LTX2Backbone(nn.Module):
             raise ValueError(f"prefix_position must be 'absolute' or 'relative', got {prefix_position!r}")
         if num_audio_sinks < 0:
             raise ValueError(f"num_audio_sinks must be >= 0, got {num_audio_sinks}")
-        self.transformer = _load(pretrained, subfolder, architecture, dtype)
+        self.transformer = load_transformer(pretrained, subfolder, architecture, dtype)
         config = self.transformer.config
-        _check_supported(config)
+        check_supported(config)
         if not isinstance(text_encoder, PromptEncoder):
             raise TypeError(f"text_encoder must be a PromptEncoder (width + __call__), got {type(text_encoder)}")
         if text_encoder.width != config.caption_channels:
@@ -147,7 +142,7 @@ class LTX2Backbone(nn.Module):
         self.activation_checkpointing = activation_checkpointing
         self.fps = fps
         self.temporal_stride = config.vae_scale_factors[0]
-        self.audio_rate = _audio_rate(config)
+        self.audio_rate = audio_latent_rate(config)
         video_width = config.num_attention_heads * config.attention_head_dim
         audio_width = config.audio_num_attention_heads * config.audio_attention_head_dim
         self.audio_sinks = nn.Parameter(torch.randn(num_audio_sinks, audio_width) * 0.02) if num_audio_sinks else None
@@ -469,42 +464,3 @@ def _zero_step(width: int) -> TimestepEmbedding:
     nn.init.zeros_(step.mlp[-1].weight)  # enabling it on a trained model changes nothing until trained
     nn.init.zeros_(step.mlp[-1].bias)
     return step
-
-
-def _audio_rate(config) -> int:
-    rate = config.audio_sampling_rate / config.audio_hop_length / config.audio_scale_factor
-    if not float(rate).is_integer():
-        raise InvalidInputError(f"audio latents per second {rate} (sampling rate / hop / scale factor) is not whole")
-    return int(rate)
-
-
-def _check_supported(config) -> None:
-    if config.patch_size != 1 or config.patch_size_t != 1 or config.audio_patch_size != 1:
-        raise InvalidInputError("the LTX-2 backbone needs patch sizes 1 (one token per latent and position)")
-    if config.cross_attn_mod or config.audio_cross_attn_mod:
-        raise InvalidInputError("LTX-2.3 prompt modulation (cross_attn_mod) needs one sigma per sample; the "
-                                "backbone supports LTX-2.0 weights")
-
-
-def _load(pretrained: Path | None, subfolder: str, architecture: LTX2Architecture | None,
-          dtype: str) -> LTX2VideoTransformer3DModel:
-    """The diffusers transformer from a local folder (never downloads) or randomly initialised."""
-    torch_dtype = getattr(torch, dtype)
-    if pretrained is None:
-        if architecture is None:
-            raise ValueError("give pretrained (a local LTX-2 folder) or architecture (a random model)")
-        # nn.Module.to: ModelMixin.to warns about modules to keep in float32, which LTX-2 has none of
-        return nn.Module.to(LTX2VideoTransformer3DModel(**architecture.diffusers_config()), torch_dtype)
-    if architecture is not None:
-        raise ValueError("give pretrained or architecture, not both")
-    folder = Path(pretrained).expanduser() / subfolder
-    if not (folder / "config.json").is_file():
-        raise MissingInputError(f"no LTX-2 transformer at {folder} (config.json missing): "
-                                + DOWNLOAD.format(sub=subfolder))
-    try:
-        model = LTX2VideoTransformer3DModel.from_pretrained(Path(pretrained).expanduser(), subfolder=subfolder,
-                                                            local_files_only=True, torch_dtype=torch_dtype)
-        return model.train()  # from_pretrained returns eval mode; a backbone starts in training mode like any module
-    except OSError as error:  # config present, weights missing or unreadable
-        raise MissingInputError(f"cannot load the LTX-2 transformer weights from {folder} "
-                                f"({str(error).splitlines()[0]}): " + DOWNLOAD.format(sub=subfolder)) from None
