@@ -70,6 +70,16 @@ def test_fsdp_recipe_parses(capsys):
     assert printed["model"]["init_args"]["network"]["init_args"]["depth"] == PRESETS["base"]["depth"]
 
 
+def test_compile_recipe_appends_the_callback_to_base_callbacks(tmp_path):
+    files = ["base.yaml", "data/synthetic.yaml", "teacher/joint.yaml", "latents/patch.yaml", "model/tiny.yaml",
+             "strategy/compile.yaml"]
+    cli = OmniCLI(run=False, args=[*_args(files), f"--trainer.logger.init_args.save_dir={tmp_path}"], **_cli_kwargs())
+    names = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert "CompileBackbones" in names and "EMA" in names and "ModelCheckpoint" in names  # appended, not replaced
+    compile_callback = next(c for c in cli.trainer.callbacks if type(c).__name__ == "CompileBackbones")
+    assert (compile_callback.mode, compile_callback.backend, compile_callback.only) == (None, "inductor", None)
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_model_size_files_equal_the_presets(name):
     data = yaml.safe_load((RECIPES / "model" / f"{name}.yaml").read_text())

@@ -163,11 +163,27 @@ class TrainingBenchConfig:
     warmup: int
     steps: int
     latents: str = "latents/patch.yaml"
+    compile: bool = False
 
     @classmethod
     def make(cls, quick: bool) -> TrainingBenchConfig:
         # 6 measured steps cover one generator update and five critic updates of the DMD stages
         return cls("tiny", 1, 2, 1, 2) if quick else cls("small", 2, 2, 1, 6)
+
+    def compiled(self) -> TrainingBenchConfig:
+        """The same run with the backbones compiled (``CompileBackbones``) and enough untimed steps that each
+        kind of step has compiled before timing starts."""
+        return replace(self, compile=True, warmup=max(self.warmup, COMPILED_WARMUP))
+
+    @property
+    def label(self) -> str:
+        """How the backbones ran, for table titles."""
+        return "compiled" if self.compile else "eager"
+
+
+COMPILED_WARMUP = 6
+"""Untimed steps of a compiled run: the DMD stages' 5:1 schedule runs one generator and five critic steps in
+six batches, so every kind of step (and its graphs) has compiled before the measured ones."""
 
 
 def cli_args(method: Method, config: TrainingBenchConfig, paths: dict[str, str], root: Path) -> list[str]:
@@ -181,6 +197,8 @@ def cli_args(method: Method, config: TrainingBenchConfig, paths: dict[str, str],
              "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=0", "--trainer.max_steps=-1",
              "--trainer.max_epochs=1", f"--trainer.limit_train_batches={config.warmup + config.steps}",
              f"--trainer.default_root_dir={root}"]
+    if config.compile:
+        args.append("--trainer.callbacks+=omniforcing.callbacks.CompileBackbones")
     if method.data == "data/synthetic.yaml":
         args.append(f"--data.init_args.train_clips={config.batch_size * (config.warmup + config.steps + 1)}")
     return args
@@ -282,7 +300,7 @@ def failure_reason(error: Exception) -> str:
 def methods_table(config: TrainingBenchConfig, root: Path) -> tuple[Table, dict[str, float]]:
     """(d): step time and memory per method at one size."""
     table = Table(f"Training step time and memory per method ({config.preset} preset, batch {config.batch_size}, "
-                  f"{config.clip_seconds}-s clips)",
+                  f"{config.clip_seconds}-s clips, {config.label})",
                   ["method", "network parameters", "mean step (s)", "max step (s)", "clips/s",
                    "held after warm-up (MiB)", "step peak above that (MiB)"])
     teacher = export_teacher(config, root)
@@ -341,7 +359,7 @@ def preset_configs(config: TrainingBenchConfig, quick: bool) -> list[TrainingBen
 def presets_table(config: TrainingBenchConfig, quick: bool, root: Path) -> tuple[Table, dict[str, float]]:
     """Training throughput of the bidirectional joint teacher per model preset (issue 5, "Measure")."""
     table = Table(f"Teacher training throughput per model preset (batch {config.batch_size}, "
-                  f"{config.clip_seconds}-s clips, learned latents)",
+                  f"{config.clip_seconds}-s clips, learned latents, {config.label})",
                   ["preset", "parameters", "measured steps", "mean step (s)", "samples/s", "tokens/sample",
                    "tokens/s", "held after warm-up (MiB)", "step peak above that (MiB)"])
     summary: dict[str, float] = {}
@@ -407,7 +425,7 @@ def data_table(config: TrainingBenchConfig, teacher_step: float | None) -> tuple
 
 
 def run_training_bench(quick: bool = False, threads: int | None = 1, preset: str | None = None,
-                       on_table: Callable[[Report], None] | None = None) -> Report:
+                       compile: bool | None = None, on_table: Callable[[Report], None] | None = None) -> Report:
     """Run the training suite (see the module docstring); returns a :class:`Report`.
 
     Args:
@@ -416,6 +434,8 @@ def run_training_bench(quick: bool = False, threads: int | None = 1, preset: str
         threads: torch CPU threads (``None`` keeps the current setting).
         preset: model preset of the per-method table (default ``small``, ``tiny`` when ``quick``); the
             per-preset table measures every preset regardless.
+        compile: train with every backbone compiled (``omniforcing.callbacks.CompileBackbones``, inductor), after
+            :data:`COMPILED_WARMUP` untimed steps; default (``None``/False) eager.
         on_table: called with the report after every table (see :meth:`Report.measure`); a table that raises
             is recorded with its error and the next one runs.
     """
@@ -424,6 +444,8 @@ def run_training_bench(quick: bool = False, threads: int | None = 1, preset: str
     config = TrainingBenchConfig.make(quick)
     if preset is not None:
         config = replace(config, preset=preset)
+    if compile:
+        config = config.compiled()
     report = Report("training", on_table=on_table)
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level

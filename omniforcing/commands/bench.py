@@ -182,7 +182,8 @@ def bench(*, suite: Suite = "streaming", out: Path | None = None, quick: bool = 
             suite's dtype table).
         compile: run the streaming suite's student block steps captured (``--compile true``) or eager
             (``--compile false``), the teacher's whole-clip forwards compiled alike; default: captured on CUDA,
-            eager elsewhere, as ``omniforcing generate``.
+            eager elsewhere, as ``omniforcing generate``. The training suite trains with every backbone
+            compiled (``CompileBackbones``) when true, eager otherwise.
     """
     names = list(ALL_SUITES) if suite == "all" else [suite]
     options = {"threads": threads, **_check_options(names, preset, video_grid, dtype, compile)}

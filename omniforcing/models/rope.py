@@ -26,19 +26,22 @@ class RopeTables:
     Args:
         cos: cosines in the compute dtype.
         sin: sines in the compute dtype.
-        rotation: ``cos + i sin`` (complex64; complex128 for float64 tables), what :func:`apply_rope` uses.
+        rotation: ``cos + i sin`` (complex64; complex128 for float64 tables), what :func:`apply_rope` uses eagerly.
+        rotation_pairs: the same rotation as real ``(N, head_dim // 2, 2)`` (cos, sin) pairs in float32 (float64
+            for float64 tables), what :func:`apply_rope` uses inside ``torch.compile``.
     """
 
     cos: Tensor
     sin: Tensor
     rotation: Tensor
+    rotation_pairs: Tensor
 
     @classmethod
     def from_angles(cls, angle: Tensor, dtype: torch.dtype) -> RopeTables:
         """Tables from float64 angles ``(N, pairs)``."""
         complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         rotation = torch.polar(torch.ones_like(angle), angle).to(complex_dtype)
-        return cls(angle.cos().to(dtype), angle.sin().to(dtype), rotation)
+        return cls(angle.cos().to(dtype), angle.sin().to(dtype), rotation, torch.view_as_real(rotation).clone())
 
 
 class RotaryEmbedding:
@@ -102,9 +105,21 @@ class RotaryEmbedding:
 def apply_rope(x: Tensor, tables: RopeTables) -> Tensor:
     """Rotate consecutive pairs of ``x`` ``(..., N, head_dim)`` by ``tables`` ``(N, head_dim // 2)``.
 
-    One complex multiplication (the fastest form on CPU); half precision inputs rotate in float32.
+    Eager: one complex multiplication (the fastest form on CPU). Inside ``torch.compile`` the same product
+    written on real pairs, because inductor generates no code for complex operators (it falls back to an
+    unfused ATen kernel, with a warning, in the middle of every compiled layer); the two agree to float32
+    rounding. Half precision inputs rotate in float32.
     """
+    if torch.compiler.is_compiling():
+        return _apply_rope_real(x, tables.rotation_pairs)
     rotation = tables.rotation
     real = torch.float64 if rotation.dtype == torch.complex128 else torch.float32
     pairs = x.to(real).unflatten(-1, (-1, 2))
     return torch.view_as_real(torch.view_as_complex(pairs) * rotation).flatten(-2).to(x.dtype)
+
+
+def _apply_rope_real(x: Tensor, rotation_pairs: Tensor) -> Tensor:
+    """:func:`apply_rope` on real pairs: ``(a + ib)(c + id) = (ac - bd) + i(ad + bc)`` per pair."""
+    a, b = x.to(rotation_pairs.dtype).unflatten(-1, (-1, 2)).unbind(-1)
+    c, d = rotation_pairs.unbind(-1)
+    return torch.stack([a * c - b * d, a * d + b * c], dim=-1).flatten(-2).to(x.dtype)

@@ -102,6 +102,11 @@ class AVLitModule(L.LightningModule):
         elif init_from:
             load_network_weights(self.network, init_from)
 
+    def backbones(self) -> dict[str, AVBackbone]:
+        """Every backbone this method runs in a training step, by attribute name: the trained ``network`` here;
+        methods add their teacher and critic. What :class:`~omniforcing.callbacks.CompileBackbones` compiles."""
+        return {"network": self.network}
+
     # ---------------------------------------------------------------- what generation needs
     def generation_settings(self) -> dict[str, Any]:
         """Settings that generation and streaming read from an exported model (its ``method_args``).

@@ -32,6 +32,7 @@ from omniforcing.codecs.base import AVCodec
 from omniforcing.inference.export import load_model
 from omniforcing.methods.dmd import DistributionMatching
 from omniforcing.methods.flow_matching import Modality
+from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES, check_times
 from omniforcing.training.base import AVLitModule, default_optimizer
 from omniforcing.types import AVBatch, AVLatents, ClipSpec
@@ -129,6 +130,10 @@ class DistillationLitModule(AVLitModule):
         self.times = list(check_times(DEFAULT_FEW_STEP_TIMES if times is None else times))
         self.automatic_optimization = False
         self.register_buffer("distill_batches", torch.zeros((), dtype=torch.long))
+
+    def backbones(self) -> dict[str, AVBackbone]:
+        """The generator, the frozen teacher (real score) and the critic (fake score)."""
+        return {**super().backbones(), "teacher": self.teacher, "critic": self.critic}
 
     # ---------------------------------------------------------------- modes and checkpoints
     def generation_settings(self) -> dict[str, Any]:

@@ -97,6 +97,10 @@ class MutualForcingLitModule(AVLitModule):
         self.critic = copy.deepcopy(self.network) if self.objective.needs_critic else None
         self.last_history_blocks = -1
 
+    def backbones(self) -> dict[str, AVBackbone]:
+        """The network (both modes share it) and, with DMD distillation, its critic."""
+        return {**super().backbones(), **({} if self.critic is None else {"critic": self.critic})}
+
     def generation_settings(self) -> dict[str, Any]:
         """Both samplers (few-step with its step-size signal, multi-step Euler with guidance) and the cache policy."""
         modes = self.modes

@@ -52,3 +52,17 @@ def test_training_bench_quick_times_every_method(tmp_path, capsys):
         assert summary[f"step_seconds_{key}"] > 0 and summary[f"held_mib_{key}"] >= 0
     assert summary["synthetic_loader_clips_per_s_0_workers"] > 0 and summary["teacher_clips_per_s"] > 0
     assert summary["teacher_samples_per_s_tiny"] > 0 and summary["teacher_tokens_per_s_tiny"] > 0
+
+
+def test_a_compiled_run_adds_the_compile_callback_and_warms_up_every_kind_of_step(tmp_path):
+    from omniforcing.bench.training import COMPILED_WARMUP, METHODS, build
+    from omniforcing.callbacks import CompileBackbones
+
+    eager = TrainingBenchConfig.make(quick=True)
+    config = eager.compiled()
+    assert (config.compile, config.warmup, config.label, eager.label) == (True, COMPILED_WARMUP, "compiled", "eager")
+    assert config.steps == eager.steps and config.preset == eager.preset
+    _, _, trainer, _ = build(METHODS[0], config, {}, tmp_path)
+    assert [type(c) for c in trainer.callbacks if isinstance(c, CompileBackbones)] == [CompileBackbones]
+    _, _, trainer, _ = build(METHODS[0], eager, {}, tmp_path)
+    assert not any(isinstance(c, CompileBackbones) for c in trainer.callbacks)
