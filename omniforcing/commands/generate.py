@@ -150,8 +150,10 @@ def generate(
             process is often faster than several spinning on contended cores.
         dtype: dtype of the backbone: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32`` or ``bfloat16``
             (worth it on CPUs with bf16 matrix units such as AMX). The codec always decodes in float32.
-        compile: streaming: run every block step captured (``omniforcing.sampling.capture``: compiled layers,
-            CUDA graphs on CUDA); default on CUDA, eager elsewhere (``--compile true|false``).
+        compile: run the backbone compiled: a streaming student captures every block step
+            (``omniforcing.sampling.capture``: compiled layers, CUDA graphs on CUDA); a bidirectional model
+            compiles the layers of its whole-clip forwards (``compile_core``, inductor without CUDA graphs).
+            Default on CUDA, eager elsewhere (``--compile true|false``).
         exact_decode: streaming: hold each block back by the codec's decoder lookahead so the streamed media
             equal whole-clip decoding (non-causal decoders such as LTX-2's; adds that latency).
     """
@@ -167,6 +169,8 @@ def generate(
     if not network.causal:
         if out is None:
             raise UserError("a bidirectional model writes an mp4: give --out")
+        if target.type == "cuda" if compile is None else compile:
+            network.compile_core(True)  # the same compiled layers as the streaming student's and training's
         _generate_whole_clip(network, codec, config, prompt, seconds, out, steps, window, cfg, audio_cfg, seed)
         return
     settings = settings_from_config(

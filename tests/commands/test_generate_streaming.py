@@ -75,6 +75,22 @@ def test_generate_passes_the_compile_switch_to_the_streaming_engine(tmp_path, mo
     assert "block " in capsys.readouterr().out
 
 
+def test_generate_compiles_a_bidirectional_model_only_when_asked_on_the_cpu(tmp_path, monkeypatch, capsys):
+    """The teacher's whole-clip sampler takes the same switch (issue 12.3: a fair student/teacher ratio)."""
+    from omniforcing.models.transformer import DualStreamTransformer
+
+    calls = []
+    monkeypatch.setattr(DualStreamTransformer, "compile_core",
+                        lambda self, enabled=True, mode=None, backend="inductor": calls.append((enabled, mode)))
+    teacher = exported_student(tmp_path / "teacher", causal=False, sample_steps=2)
+    for flags, want in (([], []), (["--compile", "true"], [(True, None)])):
+        calls.clear()
+        main(["generate", "--checkpoint", str(teacher), "--prompt", "a ball", "--seconds", "1",
+              "--out", str(tmp_path / "clip.mp4"), "--device", "cpu", "--threads", "1", *flags])
+        assert calls == want
+    assert "whole clip at once" in capsys.readouterr().out
+
+
 def test_generate_writes_raw_blocks_to_stdout(tmp_path, monkeypatch, capsys):
     student = exported_student(tmp_path / "student")
     pipe = io.BytesIO()
