@@ -34,8 +34,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     eager = TrainingBenchConfig(args.preset, 2, 2, 1, 6)
-    print(f"| method | eager step (s) | compiled step (s) | compiled / eager | compiled warm-up ({eager.compiled().warmup}"
-          " steps, s) |\n|---|---|---|---|---|", flush=True)
+    warmup = eager.compiled().warmup
+    print(f"| method | eager step (s) | compiled step (s) | compiled / eager | compiled warm-up ({warmup} steps, s) |"
+          "\n|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         teacher = export_teacher(eager, root)
@@ -49,7 +50,7 @@ def main() -> None:
                 timings[config.label] = (statistics.mean(timing.seconds), time.perf_counter() - start
                                          - sum(timing.seconds))
             (e, _), (c, warm) = timings["eager"], timings["compiled"]
-            print(f"| {method.name} | {e:.3f} | {c:.3f} | {c / e:.2f} | {warm:.0f} |", flush=True)
+            print(f"| {method.name} | {e:.4g} | {c:.4g} | {c / e:.3f} | {warm:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ from omniforcing.training import SelfForcingLitModule, TeacherLitModule
 from omniforcing.training.codec import CodecLitModule
 from omniforcing.training.mutual_forcing import MutualForcingLitModule
 
-from test_omniforcing_modules import (  # noqa: F401  (teacher is a fixture)
-    CLIP, NETWORK, captions_only, teacher, tiny_codec, trainer)
+from test_omniforcing_modules import CLIP, NETWORK, captions_only, tiny_codec, trainer
 
 
 def fit(module, tmp_path, batches: int, *callbacks) -> dict[str, torch.Tensor]:

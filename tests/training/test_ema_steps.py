@@ -15,8 +15,7 @@ from omniforcing.models.transformer import DualStreamTransformer
 from omniforcing.training import TeacherLitModule
 from omniforcing.training.mutual_forcing import MutualForcingLitModule
 
-from test_omniforcing_modules import (  # noqa: F401  (teacher is a fixture)
-    CLIP, NETWORK, GeneratorSGD, CriticSGD, captions_only, stage1, teacher, tiny_codec, trainer)
+from test_omniforcing_modules import CLIP, NETWORK, CriticSGD, GeneratorSGD, captions_only, stage1, tiny_codec, trainer
 
 
 class NetworkSnapshots(L.Callback):

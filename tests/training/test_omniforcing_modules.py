@@ -49,8 +49,8 @@ def export_teacher(folder: Path, network_args: dict, codec: AVCodec, codec_tree:
     return save_exported(folder, network, codec, config)
 
 
-@pytest.fixture
-def teacher(tmp_path: Path) -> Path:
+def export_tiny_teacher(tmp_path: Path) -> Path:
+    """The tiny bidirectional teacher the stages distil (the ``teacher`` fixture of conftest.py)."""
     tree = {"class_path": "omniforcing.codecs.AVCodec", "init_args": {
         "video": {"class_path": "omniforcing.codecs.PatchVideoCodec", "init_args": CODEC_ARGS["video"]},
         "audio": {"class_path": "omniforcing.codecs.MelAudioCodec", "init_args": CODEC_ARGS["audio"]}}}
