@@ -12,7 +12,7 @@ Forcing's history) compile once per history layout of a rollout, a bounded set f
 Default ``mode=None``: inductor's fused kernels without CUDA graphs. ``"reduce-overhead"`` (CUDA graphs) also
 runs under autograd, but every distinct shape records its own graph and memory pool; use it only for
 fixed-shape runs. Compilation is paid in the first steps of each kind: 20 s to 3.5 min per method at the
-``small`` preset on one CPU thread, after which steps took 13-29 % less time (docs/training.md "Compiled
+``small`` preset on one CPU thread, after which steps took 18-35 % less time (docs/training.md "Compiled
 training"); tests use ``backend="aot_eager"`` (traced, no code generated).
 
 Add it to a run with ``-c recipes/strategy/compile.yaml`` (appends to ``trainer.callbacks``).
@@ -43,11 +43,10 @@ class CompileBackbones(L.Callback):
         self.compiled: list[str] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        try:
-            backbones = pl_module.backbones()
-        except AttributeError:
+        if not hasattr(pl_module, "backbones"):  # e.g. the codec module: nothing this callback can compile
             raise TypeError(f"CompileBackbones compiles the backbones of a method module; "
-                            f"{type(pl_module).__name__} has no backbones()") from None
+                            f"{type(pl_module).__name__} has no backbones()")
+        backbones = pl_module.backbones()
         unknown = sorted(set(self.only or ()) - set(backbones))
         if unknown:
             raise ValueError(f"CompileBackbones: no backbone named {', '.join(unknown)} in "
