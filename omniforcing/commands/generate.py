@@ -26,7 +26,7 @@ from omniforcing.errors import InvalidInputError, MissingInputError, UserError, 
 from omniforcing.inference.export import CONFIG_NAME, load_model
 from omniforcing.inference.generation import generate_teacher_clips
 from omniforcing.inference.raw_stream import AudioFormat, RawStreamHeader, RawStreamWriter
-from omniforcing.inference.stream_settings import settings_from_config
+from omniforcing.inference.stream_settings import compiles_on, settings_from_config
 from omniforcing.inference.streaming import StreamedBlock, StreamingGenerator
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "reference"
@@ -169,7 +169,7 @@ def generate(
     if not network.causal:
         if out is None:
             raise UserError("a bidirectional model writes an mp4: give --out")
-        if target.type == "cuda" if compile is None else compile:
+        if compiles_on(target, compile):
             network.compile_core(True)  # the same compiled layers as the streaming student's and training's
         _generate_whole_clip(network, codec, config, prompt, seconds, out, steps, window, cfg, audio_cfg, seed)
         return

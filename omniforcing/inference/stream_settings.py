@@ -141,6 +141,12 @@ class StreamingSettings:
         return (steps + 1) * (2 if self.guided else 1)
 
 
+def compiles_on(device: torch.device, compile: bool | None) -> bool:
+    """Whether a ``compile`` switch (``None`` = the default) runs compiled on ``device``: the default is on CUDA
+    (captured block steps, compiled whole-clip forwards) and eager elsewhere, for streaming and whole clips alike."""
+    return device.type == "cuda" if compile is None else compile
+
+
 def method_setting(config: dict[str, Any], *names: str) -> Any:
     """The first of ``names`` set (not ``None``) in ``config["method_args"]``: top level, then nested ``init_args``
     (the nested search serves exports of older checkpoints, which recorded hyperparameter trees)."""

@@ -42,7 +42,7 @@ from omniforcing.codecs.base import AVCodec
 from omniforcing.inference.clips import GeneratedClips
 from omniforcing.inference.export import load_model
 from omniforcing.inference.stream_decoding import IncrementalDecoder
-from omniforcing.inference.stream_settings import StreamingSettings, settings_from_config
+from omniforcing.inference.stream_settings import StreamingSettings, compiles_on, settings_from_config
 from omniforcing.models.kv_cache import AVKVCache
 from omniforcing.models.layout import BlockLayout, block_start
 from omniforcing.models.protocol import AVBackbone
@@ -221,7 +221,7 @@ class StreamingGenerator:
     @property
     def compiled(self) -> bool:
         """Whether block steps run captured (``settings.compile``; ``None``: on CUDA only)."""
-        return self.device.type == "cuda" if self.settings.compile is None else self.settings.compile
+        return compiles_on(self.device, self.settings.compile)
 
     def block_step(self) -> BlockStep:
         """The block step streams run: captured by ``omniforcing.sampling.capture`` when :attr:`compiled`."""

@@ -13,6 +13,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from omniforcing.callbacks import CompileBackbones
+from omniforcing.cli import main
 from omniforcing.methods.mutual_forcing import MutualForcing
 from omniforcing.models.transformer import DualStreamTransformer
 from omniforcing.training import SelfForcingLitModule, TeacherLitModule
@@ -20,10 +21,12 @@ from omniforcing.training.codec import CodecLitModule
 from omniforcing.training.mutual_forcing import MutualForcingLitModule
 
 from test_omniforcing_modules import CLIP, NETWORK, captions_only, tiny_codec, trainer
+from training_recipes import TINY_TEACHER, recipe_args
 
 
 def fit(module, tmp_path, batches: int, *callbacks) -> dict[str, torch.Tensor]:
     torch._dynamo.reset()
+    counters.clear()  # what assert_traced_with_autograd reads is this run's alone
     torch.manual_seed(0)
     trainer(tmp_path, limit_train_batches=batches, callbacks=list(callbacks)).fit(module, captions_only(batches))
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -103,3 +106,16 @@ def test_mutual_forcing_lists_its_critic_only_when_it_distils_with_dmd():
     with_critic = MutualForcingLitModule(network, tiny_codec(), clip=CLIP, objective=MutualForcing(distillation="dmd"))
     assert list(plain.backbones()) == ["network"]
     assert list(with_critic.backbones()) == ["network", "critic"] and with_critic.backbones()["critic"] is not network
+
+
+def test_the_compile_recipe_runs_a_fit_through_the_cli(tmp_path):
+    """`omniforcing fit ... -c recipes/strategy/compile.yaml` trains with the network compiled (the backend
+    switched to aot_eager on the command line: the last callback of the list is the recipe's)."""
+    torch._dynamo.reset()
+    counters.clear()
+    main(["fit", *recipe_args([*TINY_TEACHER, "strategy/compile.yaml"]),
+          f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}",
+          "--trainer.callbacks.init_args.backend=aot_eager", "--trainer.max_steps=2",
+          "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"])
+    assert_traced_with_autograd()
+    assert list(tmp_path.rglob("last.ckpt"))  # the run finished and checkpointed

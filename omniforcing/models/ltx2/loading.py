@@ -35,7 +35,7 @@ def check_supported(config) -> None:
 
 
 def load_transformer(pretrained: Path | None, subfolder: str, architecture: LTX2Architecture | None,
-          dtype: str) -> LTX2VideoTransformer3DModel:
+                     dtype: str) -> LTX2VideoTransformer3DModel:
     """The diffusers transformer from a local folder (never downloads) or randomly initialised."""
     torch_dtype = getattr(torch, dtype)
     if pretrained is None:
