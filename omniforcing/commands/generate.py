@@ -84,9 +84,9 @@ def resolve_device(device: str) -> torch.device:
 def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
     """``auto`` -> bfloat16 on CUDA, float32 on CPU.
 
-    CPUs without bf16 matrix units (AVX2 only, like the machine of docs/benchmarks.md) run bf16 matmuls two
-    orders of magnitude slower than fp32; on CPUs with AMX pass ``bfloat16`` explicitly (``omniforcing bench
-    --suite streaming`` measures both peaks).
+    CPUs without bf16 matrix units (AVX2 only) run bf16 matmuls two orders of magnitude slower than fp32; on
+    the AMX CPU of docs/benchmarks.md bf16 matmuls peak 6x higher, yet the small student streams faster in fp32.
+    Pass ``bfloat16`` explicitly where it pays (``omniforcing bench --suite streaming`` measures both).
     """
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
