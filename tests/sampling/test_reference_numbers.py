@@ -20,8 +20,6 @@ default changed on 2026-12-05, each with this file's ``__main__``.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -275,8 +273,13 @@ def test_same_numbers_as_before_the_sampling_layer(name):
     want = RECORDED[name]
     assert sorted(got) == sorted(want)
     for key, values in want.items():
-        for a, b in zip(got[key], values, strict=True):
-            assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5), (name, key, got[key], values)
+        assert len(got[key]) == len(values), (name, key)
+        # A digest's signed sum can cancel to near 0 (1.39 out of an absolute sum of 167 for whole_clip), so its
+        # rounding error is measured against the absolute sum: CPUs with other SIMD widths sum in another order
+        # and differ by ~1e-6 of the magnitudes, while a changed random draw moves every number by O(1).
+        scales = [abs(values[1])] + [abs(v) for v in values[1:]]  # a digest: [sum, absolute sum, first values]
+        for a, b, scale in zip(got[key], values, scales):
+            assert abs(a - b) <= 1e-5 * max(scale, 1.0), (name, key, got[key], values)
 
 
 if __name__ == "__main__":
