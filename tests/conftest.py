@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -29,3 +30,29 @@ def shared_media() -> Path:
     if not SHARED_MEDIA.is_dir():
         pytest.skip(f"real media folder {SHARED_MEDIA} is absent (set OMNIFORCING_SHARED_MEDIA)")
     return SHARED_MEDIA
+
+
+@contextlib.contextmanager
+def _refuse_host_sync():
+    names = ("item", "tolist", "__int__", "__bool__", "__float__", "__index__")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def refuse(name):
+        def call(*args, **kwargs):
+            raise AssertionError(f"Tensor.{name} called inside a block step")
+        return call
+
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, refuse(name))
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+@pytest.fixture
+def no_host_sync():
+    """A context manager that makes every tensor -> Python conversion (``.item()``, ``.tolist()``, ``int()``,
+    ``bool()``..., the CPU stand-ins of a host synchronisation) raise ``AssertionError``."""
+    return _refuse_host_sync

@@ -12,6 +12,7 @@ available).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -81,11 +82,17 @@ def gated(x: Tensor, gate: Tensor) -> Tensor:
     return (per_frame(x, gate.shape[1]) * gate[:, :, None]).flatten(1, 2)
 
 
+@functools.lru_cache(maxsize=32)
+def _frequencies(half: int, max_period: float, device: torch.device) -> Tensor:
+    """``(half,)`` geometric frequencies, made once per device (not per forward; outside inference mode so
+    training may reuse them)."""
+    with torch.inference_mode(False):
+        return torch.exp(-math.log(max_period) * torch.arange(half, device=device, dtype=torch.float32) / half)
+
+
 def sinusoidal_embedding(values: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """``(..., dim)`` float32 sin/cos features of ``values`` (DDPM / PixArt timestep features)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device, dtype=torch.float32) / half)
-    args = values.float()[..., None] * freqs
+    args = values.float()[..., None] * _frequencies(dim // 2, max_period, values.device)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 

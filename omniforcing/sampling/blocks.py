@@ -28,7 +28,7 @@ from omniforcing.models.layout import block_start
 from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.few_step import draw_renoise, few_step
 from omniforcing.sampling.guidance import Branch, GuidedDenoiser, clip_time
-from omniforcing.sampling.schedule import BlockTimes
+from omniforcing.sampling.schedule import BlockTimes, time_tensor
 from omniforcing.types import AVLatents
 
 
@@ -121,7 +121,7 @@ def commit_block(branches: Sequence[Branch], block: int, x0: AVLatents, *, conte
     the past. Every branch commits the same input.
     """
     x0 = x0.detach()
-    time = torch.full((x0.batch_size,), float(context_time), device=x0.items()[0][1].device)
+    time = time_tensor(context_time, x0.batch_size, x0.items()[0][1].device)
     if context_time > 0:
         if context_noise is None:
             raise ValueError("a context time > 0 needs the context noise")

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from omniforcing.diffusion.flow import add_noise, x0_from_velocity
 from omniforcing.diffusion.samplers import Denoiser, fresh_noise
-from omniforcing.sampling.schedule import BlockTimes
+from omniforcing.sampling.schedule import BlockTimes, time_tensor
 from omniforcing.types import AVLatents
 
 StepVelocity = Callable[[AVLatents, AVLatents, bool], AVLatents]
@@ -82,7 +82,7 @@ def few_step(velocity: StepVelocity, noise: AVLatents, times: BlockTimes, renois
     schedule = dict(times.items())
     for k in range(times.num_steps):
         inputs = AVLatents(*(_step_input(name, k, schedule, x, clean) for name in ("video", "audio")))
-        t_now = AVLatents(*(None if name not in schedule else torch.full((batch,), times.at(name, k), device=device)
+        t_now = AVLatents(*(None if name not in schedule else time_tensor(times.at(name, k), batch, device)
                             for name in ("video", "audio")))
         with torch.set_grad_enabled(torch.is_grad_enabled() and (exit_step is None or k == exit_step)):
             v = velocity(inputs, t_now, k == exit_step)
@@ -94,7 +94,7 @@ def few_step(velocity: StepVelocity, noise: AVLatents, times: BlockTimes, renois
             if not times.renoised(name, k):
                 clean[name] = estimate
             else:
-                t_next = torch.full((batch,), schedule[name][k + 1], device=device)
+                t_next = time_tensor(schedule[name][k + 1], batch, device)
                 x[name] = add_noise(estimate.detach(), getattr(renoise[k], name), t_next)
     return AVLatents(clean.get("video"), clean.get("audio"))
 

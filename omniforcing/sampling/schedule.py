@@ -7,11 +7,27 @@ Video and audio may run different lists (asymmetric steps, :class:`BlockTimes`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+from torch import Tensor
+
 DEFAULT_FEW_STEP_TIMES: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
 """Default few-step times of every student (4 uniform steps, no shift warp; Self-Forcing / OmniForcing)."""
+
+
+@functools.lru_cache(maxsize=256)
+def time_tensor(value: float, batch: int, device: torch.device) -> Tensor:
+    """A ``(B,)`` float32 tensor of flow time ``value`` on ``device``, made once and shared by every later call.
+
+    The few-step loop and the commit ask for the same handful of times every block; memoising them keeps
+    tensor construction from Python values out of the block step (issue 12.2). Made outside inference mode so
+    training forwards may use it too; callers never write to it.
+    """
+    with torch.inference_mode(False):
+        return torch.full((batch,), float(value), device=device)
 
 
 def check_times(times: Sequence[float], name: str = "few-step times") -> tuple[float, ...]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
@@ -33,26 +31,6 @@ def _storage(cache):
     return [(t.data_ptr(), tuple(t.shape)) for layer in cache.snapshot().layers
             for kv in (layer.video_self, layer.audio_self, layer.audio_to_video, layer.video_to_audio)
             for t in (kv.key, kv.value)]
-
-
-@contextlib.contextmanager
-def _no_host_sync():
-    """Make every tensor -> Python conversion (the CPU stand-ins of a host synchronisation) raise."""
-    names = ("item", "tolist", "__int__", "__bool__", "__float__", "__index__")
-    saved = {name: getattr(torch.Tensor, name) for name in names}
-
-    def refuse(name):
-        def call(*args, **kwargs):
-            raise AssertionError(f"Tensor.{name} called inside a block step")
-        return call
-
-    try:
-        for name in names:
-            setattr(torch.Tensor, name, refuse(name))
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, method)
 
 
 @pytest.mark.parametrize("prefix_position", ["absolute", "relative"])
@@ -87,7 +65,7 @@ def test_unbounded_cache_grows_by_doubling_and_keeps_every_block(make_model, mak
     assert torch.equal(cache.video_blocks, x.layout.video_block_index.repeat_interleave(4))
 
 
-def test_no_host_synchronisation_inside_a_block_step(make_model):
+def test_no_host_synchronisation_inside_a_block_step(make_model, no_host_sync):
     model = make_model(num_audio_sinks=2, prefix_position="relative")
     text = model.encode_text(["a ball"])
     cache = model.new_cache(1, window_seconds=WINDOW)
@@ -96,12 +74,12 @@ def test_no_host_synchronisation_inside_a_block_step(make_model):
         for block in range(WINDOW + 2):
             _step(model, cache, text, block, gen)
         inputs = [_block_inputs(model, block, gen) for block in range(WINDOW + 2, WINDOW + 5)]
-        with _no_host_sync():  # plan, RoPE tables, denoising forwards and the commit of new blocks
+        with no_host_sync():  # plan, RoPE tables, denoising forwards and the commit of new blocks
             for block, (video, audio, t_video, t_audio) in enumerate(inputs, start=WINDOW + 2):
                 model(video, audio, t_video, t_audio, text, cache=cache, block=block)
                 model(video, audio, t_video, t_audio, text, cache=cache, block=block, commit=True)
     assert cache.next_block == WINDOW + 5
-    with pytest.raises(AssertionError, match="Tensor.item"), _no_host_sync():
+    with pytest.raises(AssertionError, match="Tensor.item"), no_host_sync():
         torch.ones(1).item()  # the check itself can fail
 
 

@@ -20,15 +20,18 @@ WINDOW = 2
 BLOCKS = WINDOW + 4
 
 
-def _stream(network, step, device: str = "cpu", dtype: torch.dtype = torch.float32, recompile_after: int | None = None):
+def _stream(network, step, device: str = "cpu", dtype: torch.dtype = torch.float32, recompile_after: int | None = None,
+            context_time: float = 0.0):
     """Guided streaming of ``BLOCKS`` blocks with a rolling window; returns every block's x0.
 
-    With ``recompile_after``, a recompilation after that many blocks is an error."""
+    With ``recompile_after``, a recompilation after that many blocks is an error. A step-size-conditioned
+    network streams with a step size (Mutual Forcing's few-step mode)."""
     text, null = network.encode_text(["a"]), network.encode_text(["a"], drop=torch.ones(1, dtype=torch.bool))
     denoiser = GuidedDenoiser(network, text, null, 2.0, 3.0, cache=network.new_cache(1, window_seconds=WINDOW),
                               null_cache=network.new_cache(1, window_seconds=WINDOW))
+    step_size = torch.full((1,), 0.25, device=device) if network.step_size_conditioning else None
     blocks = BlockGenerator(denoiser, BlockTimes.of([1.0, 0.6, 0.3], [1.0, 0.5]), (4, 2, 2), (3,), step=step,
-                            dtype=dtype)
+                            dtype=dtype, step_size=step_size, context_time=context_time)
     generator = torch.Generator().manual_seed(0)
     outputs = []
     with torch.inference_mode():
@@ -48,19 +51,29 @@ def _assert_close(got, want, atol: float) -> None:
             torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=atol)
 
 
-def _captured_equals_eager(backend: str) -> None:
+def _captured_equals_eager(backend: str, context_time: float = 0.0, steady_from: int = WINDOW + 1,
+                           **network_options) -> None:
     torch._dynamo.reset()
-    eager = _stream(tiny_network(causal=True, num_audio_sinks=2, depth=1), block_step)
-    network = tiny_network(causal=True, num_audio_sinks=2, depth=1)
-    captured = _stream(network, capture_block_step(block_step, backend=backend), recompile_after=WINDOW + 1)
+    options = dict(causal=True, num_audio_sinks=2, depth=1, **network_options)
+    eager = _stream(tiny_network(**options), block_step, context_time=context_time)
+    network = tiny_network(**options)
+    captured = _stream(network, capture_block_step(block_step, backend=backend), recompile_after=steady_from,
+                       context_time=context_time)
     network.compile_core(False)
     _assert_close(captured, eager, atol=1e-4)
 
 
-@pytest.mark.slow
 def test_captured_stream_equals_eager_and_stops_compiling_once_the_window_is_full():
     """Dynamo traces every forward of the block step (graph capture, guards) without generating code; after
-    the window fills no forward compiles again."""
+    the window fills no forward compiles again, also when the pinned prefix moves every block ("relative"
+    policy: from block ``WINDOW + 1`` on, one more graph with the prefix's rotation), the network is step-size
+    conditioned and blocks are committed at a context time > 0."""
+    _captured_equals_eager("aot_eager", context_time=0.25, steady_from=WINDOW + 2, prefix_position="relative",
+                           step_size_conditioning=True)
+
+
+@pytest.mark.slow
+def test_captured_plain_stream_equals_eager():
     _captured_equals_eager("aot_eager")
 
 
