@@ -165,3 +165,26 @@ def test_a_run_prints_no_jsonargparse_deprecation_warning(tmp_path, monkeypatch)
     assert list(tmp_path.rglob("config.yaml"))  # the run did save its config
     deprecations = [str(w.message) for w in caught if isinstance(w.message, JsonargparseDeprecationWarning)]
     assert deprecations == []
+
+
+def _values_of(node, keys: set[str]):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in keys:
+                yield key, value
+            yield from _values_of(value, keys)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _values_of(item, keys)
+
+
+def test_no_recipe_writes_out_the_default_few_step_times():
+    """The students' few-step grid lives in one place (``DEFAULT_FEW_STEP_TIMES``, issue 12.1): a recipe names
+    times only to change them (an ablation), so changing the default is one edit."""
+    from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES
+
+    paths = sorted(RECIPES.rglob("*.yaml"))
+    assert len(paths) > 20
+    for path in paths:
+        for key, value in _values_of(yaml.safe_load(path.read_text()), {"times", "few_step_times", "video_times"}):
+            assert [float(t) for t in value] != list(DEFAULT_FEW_STEP_TIMES), f"{path.relative_to(RECIPES)}: {key}"

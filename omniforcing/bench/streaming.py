@@ -40,6 +40,7 @@ from omniforcing.inference.clips import decode_latents, latent_noise
 from omniforcing.inference.stream_settings import StreamingSettings
 from omniforcing.inference.streaming import StreamedBlock, StreamingGenerator
 from omniforcing.models.presets import build_preset
+from omniforcing.sampling.capture import compile_mode
 from omniforcing.sampling.schedule import DEFAULT_FEW_STEP_TIMES
 
 log = logging.getLogger(__name__)
@@ -448,7 +449,7 @@ def run_streaming_bench(quick: bool = False, threads: int | None = 1, preset: st
     student, teacher, codec = bench_models(config, device, dtype)
     compiled = StreamingGenerator(student, codec, student_settings(config)).compiled
     if compiled:  # the speed-up compares like with like: the teacher's whole-clip forwards compiled too
-        teacher.compile_core(True, mode="reduce-overhead" if device.type == "cuda" else None)
+        teacher.compile_core(True, mode=compile_mode(device))
     warm_up_models(student, teacher, codec, config, device)
     report = Report("streaming", on_table=on_table)
     report.summary.update(dtype=dtype_name(dtype), preset=config.preset, video_grid=config.grid_label,

@@ -28,6 +28,7 @@ from omniforcing.inference.generation import generate_teacher_clips
 from omniforcing.inference.raw_stream import AudioFormat, RawStreamHeader, RawStreamWriter
 from omniforcing.inference.stream_settings import compiles_on, settings_from_config
 from omniforcing.inference.streaming import StreamedBlock, StreamingGenerator
+from omniforcing.sampling.capture import compile_mode
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "reference"
 """Where reference models live (one ``omniforcing export`` folder per name); ``$OMNIFORCING_REFERENCE_DIR``
@@ -170,7 +171,8 @@ def generate(
         if out is None:
             raise UserError("a bidirectional model writes an mp4: give --out")
         if compiles_on(target, compile):
-            network.compile_core(True)  # the same compiled layers as the streaming student's and training's
+            # the same compiled layers as the streaming student's and the bench's teacher (CUDA graphs on CUDA)
+            network.compile_core(True, mode=compile_mode(target))
         _generate_whole_clip(network, codec, config, prompt, seconds, out, steps, window, cfg, audio_cfg, seed)
         return
     settings = settings_from_config(

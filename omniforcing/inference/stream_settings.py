@@ -87,7 +87,7 @@ class StreamingSettings:
             exist, so streamed media equal decoding the whole clip (latency grows by the lookahead: LTX-2's
             video VAE 22 latents = 7.3 s, its vocoder 5 latents = 0.2 s); no effect with causal codecs.
         compile: run every block step captured (``omniforcing.sampling.capture``: CUDA graphs over static
-            buffers); ``None`` = on CUDA, eager elsewhere (``--compile/--no-compile``).
+            buffers); ``None`` = on CUDA, eager elsewhere (``--compile true|false`` on the command line).
         compile_backend: ``torch.compile`` backend of the captured step: ``inductor`` (fused kernels replayed as
             CUDA graphs) or ``cudagraphs`` (CUDA graphs over unfused ops; compiles in seconds), see
             :func:`omniforcing.sampling.capture.capture_block_step`.

@@ -1,41 +1,56 @@
 """Captured execution of the streaming block step (issue 12.3): ``torch.compile`` + CUDA graphs on CUDA.
 
 :func:`capture_block_step` wraps :func:`omniforcing.sampling.blocks.block_step` (the whole block: every
-denoising forward and the commit forward, on every CFG branch, both modalities). What is captured is the tensor
-work of each backbone forward, :meth:`DualStreamTransformer.core
-<omniforcing.models.transformer.DualStreamTransformer.core>`: its layers run one compiled layer function, shared
-by every layer of the stack ("regional compilation"), with ``mode="reduce-overhead"`` on CUDA (inductor kernels
-replayed as CUDA graphs by cudagraph trees, one graph per layer call). The rest of a
-forward is host bookkeeping that must run every time and never synchronises: the cache's plan of the block
-(memoised, so all steps of a block share it), the RoPE tables of the block (computed on the device from Python
-integers), and the commit's write pointers (:meth:`AVKVCache.advance
-<omniforcing.models.kv_cache.AVKVCache.advance>`). The Euler updates between forwards stay eager.
+denoising forward and the commit forward, on every CFG branch, both modalities) so that every backbone forward
+it makes runs captured. The unit of capture is one dual-stream layer, not the whole step: each forward's
+layers run one compiled layer function shared by every layer of the stack ("regional compilation"), with
+``mode="reduce-overhead"`` on CUDA (inductor kernels replayed as CUDA graphs by cudagraph trees, one graph per
+layer call). Between the graphs runs host bookkeeping that must run every time and never synchronises: the
+embeddings and heads (a few ops), the cache's plan of the block (memoised, so all steps of a block share it),
+the block's RoPE tables (computed once per block on the device from Python integers, shared by all its calls),
+and the commit's write pointers (:meth:`AVKVCache.advance <omniforcing.models.kv_cache.AVKVCache.advance>`).
+The few-step updates between forwards stay eager; their flow-time tensors are made once and reused
+(:func:`omniforcing.sampling.schedule.time_tensor`). ``tests/sampling/test_hot_path.py`` takes the census of
+a whole steady-state step: no host synchronisation, no random draws, no tensors built per call.
 
-Why graphs per layer and not one per forward: compilation time. A whole base-preset forward traced in ~15 s a
-graph on a CPU host and a stream needs several graphs before the window is full (on an H200 machine the first
-captured stream of the base student did not finish in 130 s); one layer is a twelfth of that and is compiled
-once for all layers (4 graphs for a 14-block stream of the base preset, measured with ``aot_eager``). Why not one
-graph per block step: the cache's commit is host state (which slot a block
-takes, which blocks are visible) that a replayed graph would not update; keeping it outside the graphs is what
-lets one graph serve every block once the window is full. Static buffers: the ring storage of the KV cache is
-preallocated and marked as a static address (:class:`~omniforcing.models.ring.RingBuffer`), so graphs write
-the cache in place; per-block inputs (noise, RoPE tables, slot indices) are copied into the graphs' input
-buffers by cudagraph trees on each replay. Once the window is full every forward of a block has the same
-shapes, so nothing recompiles (``tests/sampling/test_capture.py`` checks this with ``error_on_recompile``).
+Why graphs per layer and not one per forward or per step: compilation time. A whole base-preset forward traced
+in ~15 s a graph on a CPU host and a stream needs several graphs before the window is full (on an H200 machine
+the first captured stream of the base student, compiled per forward, did not finish in 130 s); one layer is a
+twelfth of that and is compiled once for all layers (4 graphs for a 14-block stream of the base preset,
+measured with ``aot_eager``). Why not one graph for the whole block step: the cache's commit is host state
+(which slot a block takes, which blocks are visible) that a replayed graph would not update; keeping it outside
+the graphs is what lets one set of graphs serve every block once the window is full. The price is one graph
+launch per layer and forward (12 x 5 for a 4-step base block with its commit) instead of one per step,
+against ~19k eager operations per block. Static buffers: the ring storage of the KV cache is preallocated and marked as a static
+address (:class:`~omniforcing.models.ring.RingBuffer`), so graphs write the cache in place; per-block inputs
+(noise, RoPE tables, slot indices) are copied into the graphs' input buffers by cudagraph trees on each replay.
+Once the window is full every forward of a block has the same shapes, so nothing recompiles
+(``tests/sampling/test_capture.py`` checks this with ``error_on_recompile``).
 
 On CPU the step runs eager unless capture is asked for explicitly (then ``torch.compile`` without CUDA graphs,
-which the tests use to check it against eager). Not run on CUDA hardware in this repository's sessions so far:
-the CUDA path is written to the documented cudagraph-tree rules (static-address inputs may be mutated) and
-its device check is ``tests/sampling/test_capture.py::test_captured_stream_equals_eager_on_cuda``.
+which the tests use to check it against eager). On CUDA hardware: two device checks on an H200 (docs/benchmarks.md)
+found ``mark_static_address`` traced inside the compiled region (fixed: storage is allocated on the host side)
+and then whole-forward compilation too slow to finish (hence the per-layer unit above); the per-layer capture
+has not yet run on a GPU. Its device check is
+``tests/sampling/test_capture.py::test_captured_stream_equals_eager_on_cuda``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from omniforcing.models.protocol import AVBackbone
 from omniforcing.sampling.blocks import BlockStep, block_step
 from omniforcing.sampling.guidance import GuidedDenoiser
+
+
+def compile_mode(device: torch.device) -> str | None:
+    """The ``torch.compile`` mode of captured and compiled forwards: ``"reduce-overhead"`` (inductor kernels
+    replayed as CUDA graphs) on CUDA, the default mode elsewhere (no CUDA graphs off a GPU). One rule for the
+    streaming student, the teacher's whole-clip forwards in ``generate`` and the bench, so ratios stay fair."""
+    return "reduce-overhead" if device.type == "cuda" else None
 
 
 def capture_block_step(step: BlockStep = block_step, *, mode: str | None = None,
@@ -76,8 +91,8 @@ class CapturedBlockStep:
     def _compile(self, network: AVBackbone) -> None:
         if id(network) in self._compiled:
             return
-        device = network.device
-        cuda_graphs = device.type == "cuda" and self.backend == "inductor"
-        mode = self.mode if self.mode is not None or not cuda_graphs else "reduce-overhead"
+        mode = self.mode
+        if mode is None and self.backend == "inductor":
+            mode = compile_mode(network.device)
         network.compile_core(True, mode=mode, backend=self.backend)
         self._compiled.add(id(network))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from omniforcing.sampling.blocks import BlockGenerator, block_step
-from omniforcing.sampling.capture import capture_block_step
+from omniforcing.sampling.capture import capture_block_step, compile_mode
 from omniforcing.sampling.guidance import GuidedDenoiser
 from omniforcing.sampling.schedule import BlockTimes
 from sampling_networks import tiny_network
@@ -86,6 +86,31 @@ def test_capture_leaves_networks_eager_until_called():
     network = tiny_network(causal=True)
     step = capture_block_step(block_step)
     assert not network.compiled and callable(step)
+
+
+class RecordingNetwork:
+    """Stands in for a backbone on any device: records how capture compiles it."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.calls = torch.device(device), []
+
+    def compile_core(self, enabled=True, mode=None, backend="inductor"):
+        self.calls.append((enabled, mode, backend))
+
+
+@pytest.mark.parametrize(("device", "backend", "want_mode"), [
+    ("cuda", "inductor", "reduce-overhead"),  # CUDA graphs over inductor kernels
+    ("cpu", "inductor", None),  # no CUDA graphs off a GPU
+    ("cuda", "cudagraphs", None),  # the cudagraphs backend takes no mode
+    ("cuda", "aot_eager", None),
+])
+def test_capture_uses_cuda_graphs_exactly_on_cuda(device, backend, want_mode):
+    network = RecordingNetwork(device)
+    step = capture_block_step(lambda denoiser, block: block, backend=backend)
+    denoiser = type("Denoiser", (), {"branches": [type("Branch", (), {"network": network})()] * 2})()
+    assert step(denoiser, 7) == 7 and step(denoiser, 8) == 8
+    assert network.calls == [(True, want_mode, backend)]  # compiled once, for every later block
+    assert compile_mode(torch.device(device)) == ("reduce-overhead" if device == "cuda" else None)
 
 
 @pytest.mark.gpu
