@@ -20,11 +20,11 @@ twelfth of that and is compiled once for all layers (4 graphs for a 14-block str
 measured with ``aot_eager``). Why not one graph for the whole block step: the cache's commit is host state
 (which slot a block takes, which blocks are visible) that a replayed graph would not update; keeping it outside
 the graphs is what lets one set of graphs serve every block once the window is full. The price is one graph
-launch per layer and forward (12 x 5 for a 4-step base block with its commit) instead of one per step,
-against ~19k eager operations per block. Static buffers: the ring storage of the KV cache is preallocated and marked as a static
-address (:class:`~omniforcing.models.ring.RingBuffer`), so graphs write the cache in place; per-block inputs
-(noise, RoPE tables, slot indices) are copied into the graphs' input buffers by cudagraph trees on each replay.
-Once the window is full every forward of a block has the same shapes, so nothing recompiles
+launch per layer and forward (12 x 5 for a 4-step base block with its commit) instead of one per step, against
+~19k eager operations per block. Static buffers: the ring storage of the KV cache is preallocated and marked as
+a static address (:class:`~omniforcing.models.ring.RingBuffer`), so graphs write the cache in place; per-block
+inputs (noise, RoPE tables, slot indices) are copied into the graphs' input buffers by cudagraph trees on each
+replay. Once the window is full every forward of a block has the same shapes, so nothing recompiles
 (``tests/sampling/test_capture.py`` checks this with ``error_on_recompile``).
 
 On CPU the step runs eager unless capture is asked for explicitly (then ``torch.compile`` without CUDA graphs,

@@ -256,6 +256,17 @@ def test_recipe_fragment_appends_the_callback_to_base_callbacks(capsys):
     assert {"lightning.pytorch.callbacks.ModelCheckpoint", "omniforcing.callbacks.EMA"} <= set(callbacks)
 
 
+class _EndProcessGroup(L.Callback):
+    """Destroys the gloo process group when a spawned rank is done. Without it a ``ddp_spawn`` rank that exits
+    with the group alive aborts in a C++ destructor ("terminate called without an active exception", SIGABRT)
+    in about 1 run in 3 on the 2-core CPU, after its work is done (measured: 3 of 8 and 1 of 8 runs; with this
+    callback 10 of 10 passed)."""
+
+    def teardown(self, trainer, pl_module, stage):
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 @pytest.mark.slow
 def test_two_processes_log_the_values_of_one(tmp_path):
     """Each rank generates its share of the fixed set and its share of the reference clips; the merge is exact."""
@@ -264,7 +275,7 @@ def test_two_processes_log_the_values_of_one(tmp_path):
         callback = PeriodicEvaluation(every_n_steps=2, clips=6, batch_size=2, metrics=["audio_stats", "sync"],
                                       cache_dir=str(tmp_path / f"cache{devices}"), media_clips=1)
         logger = TensorBoardLogger(str(tmp_path / f"logs{devices}"), name="run", version=0)
-        trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=devices, logger=logger, callbacks=[callback],
+        trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=devices, logger=logger, callbacks=[callback, _EndProcessGroup()],
                             strategy="ddp_spawn" if devices > 1 else "auto", limit_val_batches=0,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         trainer.fit(ClipMaker(), datamodule=_datamodule(val_clips=5))
