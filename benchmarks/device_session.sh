@@ -16,7 +16,8 @@ step() {  # step NAME SECONDS CMD...
     echo "== $name: rc=$? in $((SECONDS - start)) s" | tee -a "$log"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$log" 2>&1
-# issue 12: the sync-free block step (raw forwards and the whole guided step), ring caches and CUDA streams of the server, on hardware
+# issue 12: the sync-free block step (raw forwards and the whole guided step), ring caches and the server's
+# interleaved streams, on hardware
 step gpu-tests 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_ring_cache.py \
     tests/sampling/test_hot_path.py tests/sampling/test_capture.py tests/serving/test_cuda_streams.py
 # issue 12: captured student vs eager, and the compiled teacher, base preset at 4x4 (the per-block target)

@@ -153,7 +153,7 @@ def generate(
             (worth it on CPUs with bf16 matrix units such as AMX). The codec always decodes in float32.
         compile: run the backbone compiled: a streaming student captures every block step
             (``omniforcing.sampling.capture``: compiled layers, CUDA graphs on CUDA); a bidirectional model
-            compiles the layers of its whole-clip forwards (``compile_core``, inductor without CUDA graphs).
+            compiles the layers of its whole-clip forwards (``compile_core``; CUDA graphs on CUDA, as the student).
             Default on CUDA, eager elsewhere (``--compile true|false``).
         exact_decode: streaming: hold each block back by the codec's decoder lookahead so the streamed media
             equal whole-clip decoding (non-causal decoders such as LTX-2's; adds that latency).

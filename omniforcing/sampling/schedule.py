@@ -20,14 +20,22 @@ DEFAULT_FEW_STEP_TIMES: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
 
 @functools.lru_cache(maxsize=256)
 def time_tensor(value: float, batch: int, device: torch.device) -> Tensor:
-    """A ``(B,)`` float32 tensor of flow time ``value`` on ``device``, made once and shared by every later call.
+    """Flow time ``value`` for a batch, made once and shared by every later call.
 
     The few-step loop and the commit ask for the same handful of times every block; memoising them keeps
     tensor construction from Python values out of the block step (issue 12.2). Made outside inference mode so
     training forwards may use it too; callers never write to it.
+
+    Args:
+        value: flow time in ``[0, 1]``.
+        batch: batch size ``B``.
+        device: where the tensor lives.
+
+    Returns:
+        ``(B,)`` float32 tensor filled with ``value``.
     """
     with torch.inference_mode(False):
-        return torch.full((batch,), float(value), device=device)
+        return torch.full((batch,), float(value), device=device, dtype=torch.float32)
 
 
 def check_times(times: Sequence[float], name: str = "few-step times") -> tuple[float, ...]:

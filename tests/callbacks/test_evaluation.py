@@ -275,7 +275,8 @@ def test_two_processes_log_the_values_of_one(tmp_path):
         callback = PeriodicEvaluation(every_n_steps=2, clips=6, batch_size=2, metrics=["audio_stats", "sync"],
                                       cache_dir=str(tmp_path / f"cache{devices}"), media_clips=1)
         logger = TensorBoardLogger(str(tmp_path / f"logs{devices}"), name="run", version=0)
-        trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=devices, logger=logger, callbacks=[callback, _EndProcessGroup()],
+        trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=devices, logger=logger,
+                            callbacks=[callback, _EndProcessGroup()],
                             strategy="ddp_spawn" if devices > 1 else "auto", limit_val_batches=0,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         trainer.fit(ClipMaker(), datamodule=_datamodule(val_clips=5))

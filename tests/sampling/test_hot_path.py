@@ -27,9 +27,9 @@ from sampling_networks import tiny_network
 WINDOW = 2
 CONSTRUCTORS = {"full", "arange", "scalar_tensor", "zeros", "ones", "empty", "zeros_like", "ones_like", "full_like",
                 "empty_like", "new_full", "new_zeros", "new_ones", "new_empty", "lift_fresh", "lift_fresh_copy",
-                "linspace", "logspace", "eye"}
-RANDOM = {"randn", "rand", "randint", "randperm", "normal", "normal_", "uniform_", "bernoulli", "bernoulli_",
-          "multinomial", "exponential_"}
+                "linspace", "logspace", "eye", "empty_strided"}
+RANDOM = {"randn", "rand", "randint", "randn_like", "rand_like", "randint_like", "randperm", "normal", "normal_",
+          "uniform_", "bernoulli", "bernoulli_", "multinomial", "exponential_"}
 
 
 class OpCensus(TorchDispatchMode):
