@@ -51,6 +51,22 @@ def _refuse_host_sync():
             setattr(torch.Tensor, name, method)
 
 
+@contextlib.contextmanager
+def _cuda_sync_errors():
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.fixture
+def cuda_sync_errors():
+    """A context manager under which any CUDA host synchronisation raises (``set_sync_debug_mode("error")``)."""
+    return _cuda_sync_errors
+
+
 @pytest.fixture
 def no_host_sync():
     """A context manager that makes every tensor -> Python conversion (``.item()``, ``.tolist()``, ``int()``,

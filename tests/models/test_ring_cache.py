@@ -85,7 +85,7 @@ def test_no_host_synchronisation_inside_a_block_step(make_model, no_host_sync):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_no_host_synchronisation_inside_a_block_step_on_cuda(make_model):
+def test_no_host_synchronisation_inside_a_block_step_on_cuda(make_model, cuda_sync_errors):
     model = make_model(num_audio_sinks=2).cuda()
     text = model.encode_text(["a ball"])
     cache = model.new_cache(1, window_seconds=WINDOW)
@@ -94,13 +94,9 @@ def test_no_host_synchronisation_inside_a_block_step_on_cuda(make_model):
         for block in range(WINDOW + 2):
             _step(model, cache, text, block, gen)
         video, audio, t_video, t_audio = _block_inputs(model, WINDOW + 2, gen)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with cuda_sync_errors():
             for commit in (False, False, True):
                 model(video, audio, t_video, t_audio, text, cache=cache, block=WINDOW + 2, commit=commit)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
 
 
 @torch.no_grad()

@@ -7,6 +7,8 @@ attention kernels and CUDA graphs change the summation order).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -107,7 +109,7 @@ class RecordingNetwork:
 def test_capture_uses_cuda_graphs_exactly_on_cuda(device, backend, want_mode):
     network = RecordingNetwork(device)
     step = capture_block_step(lambda denoiser, block: block, backend=backend)
-    denoiser = type("Denoiser", (), {"branches": [type("Branch", (), {"network": network})()] * 2})()
+    denoiser = SimpleNamespace(branches=[SimpleNamespace(network=network)] * 2)
     assert step(denoiser, 7) == 7 and step(denoiser, 8) == 8
     assert network.calls == [(True, want_mode, backend)]  # compiled once, for every later block
     assert compile_mode(torch.device(device)) == ("reduce-overhead" if device == "cuda" else None)

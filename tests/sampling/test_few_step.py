@@ -7,7 +7,7 @@ import torch
 
 from omniforcing.diffusion.samplers import fresh_noise
 from omniforcing.sampling.few_step import draw_renoise, few_step, sample_few_step
-from omniforcing.sampling.schedule import BlockTimes
+from omniforcing.sampling.schedule import BlockTimes, time_tensor
 from omniforcing.types import AVLatents
 
 
@@ -93,3 +93,15 @@ def test_few_step_times_are_checked():
     with pytest.raises(ValueError, match="same few-step times"):
         few_step(lambda x, t, e: x, AVLatents(torch.zeros(1, 1), torch.zeros(1, 1)), BlockTimes.of([1.0, 0.5], [1.0]),
                  (), exit_step=0)
+
+
+def test_time_tensors_made_in_inference_mode_serve_training_later():
+    """The memoised flow times may first be made by a stream (inference mode) and then used by a training step:
+    they must not be inference tensors, and each call returns the same tensor."""
+    with torch.inference_mode():
+        t = time_tensor(0.625, 3, torch.device("cpu"))
+    assert not t.is_inference() and t.dtype == torch.float32 and torch.equal(t, torch.full((3,), 0.625))
+    assert time_tensor(0.625, 3, torch.device("cpu")) is t
+    x = torch.ones(3, requires_grad=True)
+    (x * t).sum().backward()  # an inference tensor here would raise
+    assert torch.equal(x.grad, t)

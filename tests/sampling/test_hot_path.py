@@ -110,16 +110,7 @@ def test_no_host_synchronisation_inside_a_guided_block_step(no_host_sync):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_no_host_synchronisation_inside_a_guided_block_step_on_cuda():
-    @contextlib.contextmanager
-    def sync_errors():
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            yield
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
+def test_no_host_synchronisation_inside_a_guided_block_step_on_cuda(cuda_sync_errors):
     blocks = _blocks([1.0, 0.75, 0.5, 0.25], guided=True, prefix_position="relative", context_time=0.25,
                      device="cuda", dtype=torch.bfloat16)
-    _census_of_steady_blocks(blocks, wrap=sync_errors)
+    _census_of_steady_blocks(blocks, wrap=cuda_sync_errors)

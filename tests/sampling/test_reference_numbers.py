@@ -274,10 +274,10 @@ def test_same_numbers_as_before_the_sampling_layer(name):
     assert sorted(got) == sorted(want)
     for key, values in want.items():
         assert len(got[key]) == len(values), (name, key)
-        # A digest's signed sum can cancel to near 0 (1.39 out of an absolute sum of 167 for whole_clip), so its
-        # rounding error is measured against the absolute sum: CPUs with other SIMD widths sum in another order
-        # and differ by ~1e-6 of the magnitudes, while a changed random draw moves every number by O(1).
-        # every entry is a digest, [sum, absolute sum, first values] (a scalar loss's is [x, |x|, x])
+        # Every entry is a digest, [sum, absolute sum, first values] (a scalar loss's is [x, |x|, x]). The signed
+        # sum can cancel to near 0 (1.39 out of an absolute sum of 167 for whole_clip), so its rounding error is
+        # measured against the absolute sum: CPUs with other SIMD widths sum in another order and differ by ~1e-6
+        # of the magnitudes, while a changed random draw moves every number by O(1).
         scales = [abs(values[1])] + [abs(v) for v in values[1:]]
         for a, b, scale in zip(got[key], values, scales):
             assert abs(a - b) <= 1e-5 * max(scale, 1.0), (name, key, got[key], values)
